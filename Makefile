@@ -1,0 +1,18 @@
+# `make train` and `make test` set up .venv on first use (about 2 minutes), then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: train test
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	touch $@
+
+train: $(STAMP)
+	$(PY) -m mnist_lit fit --config configs/cnn.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)

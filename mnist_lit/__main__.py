@@ -1,0 +1,28 @@
+"""`python -m mnist_lit`: fit/validate/test/predict go to the Lightning CLI; bad input ends in one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mnist_lit.errors import UserError
+
+USAGE = "usage: python -m mnist_lit {fit,validate,test,predict} --config configs/<tutorial>.yaml [options]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    verbose = os.environ.get("MNIST_LIT_VERBOSE") == "1"
+    try:
+        from mnist_lit import cli
+
+        cli.main(argv)
+    except UserError as e:
+        if verbose:
+            raise
+        print(f"mnist_lit: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

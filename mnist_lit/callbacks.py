@@ -1,0 +1,97 @@
+"""Callbacks the CLI adds to every run: a Keras-style epoch line and the per-epoch record of the run."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+
+EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def epoch_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """This epoch's logged means. Every rank must call it: reading them runs the cross-rank reduction."""
+    metrics = trainer.callback_metrics
+    return {k: float(metrics[k]) for k in EPOCH_KEYS if k in metrics}
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return " - ".join(f"{k.removeprefix('train_')}: {v:.4f}" for k, v in metrics.items())
+
+
+class EpochLine(ProgressBar):
+    """One line per epoch, as Keras prints: `Epoch 3/10 - 469/469 - 4.1s - loss: ... - acc: ...`.
+
+    On a terminal the line shows the batch count while the epoch runs, redrawn at most 4 times a
+    second; it reads no metric mid-epoch, so it never makes the device wait.
+    """
+
+    def __init__(self, refresh_seconds: float = 0.25) -> None:
+        super().__init__()
+        self.refresh_seconds = refresh_seconds
+        self._enabled = True
+        self._live = sys.stdout.isatty()
+        self._start = self._last_draw = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _prefix(self, trainer: L.Trainer) -> str:
+        total_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        return f"Epoch {trainer.current_epoch + 1}/{total_epochs}"
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = self._last_draw = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if not (self._enabled and self._live and trainer.is_global_zero):
+            return
+        now = time.perf_counter()
+        if now - self._last_draw >= self.refresh_seconds:
+            self._last_draw = now
+            sys.stdout.write(f"\r{self._prefix(trainer)} - {batch_idx + 1}/{self.total_train_batches}")
+            sys.stdout.flush()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = epoch_metrics(trainer)  # on every rank, see epoch_metrics
+        if not (self._enabled and trainer.is_global_zero):
+            return
+        seconds = time.perf_counter() - self._start
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        line = f"{self._prefix(trainer)} - {done}/{self.total_train_batches} - {seconds:.1f}s - {format_metrics(metrics)}"
+        sys.stdout.write(("\r" if self._live else "") + line + "\n")
+        sys.stdout.flush()
+
+
+class RunRecorder(Callback):
+    """Each epoch's metrics and wall seconds, kept inside the checkpoints so a resumed run keeps them."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # runs before ModelCheckpoint's hook, so last.ckpt already holds this epoch
+        entry = {"epoch": trainer.current_epoch + 1, "seconds": round(time.perf_counter() - self._start, 4)}
+        entry.update(epoch_metrics(trainer))
+        self.history = [e for e in self.history if e["epoch"] < entry["epoch"]] + [entry]
+
+    @property
+    def epoch_seconds(self) -> list[float]:
+        return [e["seconds"] for e in self.history]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))

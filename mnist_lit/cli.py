@@ -1,0 +1,178 @@
+"""The Lightning CLI: `fit`, `validate`, `test` and `predict` over the five tutorials.
+
+On top of a stock `LightningCLI` it adds: bare config names (`--config cnn.yaml` finds `configs/cnn.yaml`),
+`data.dataset` linked into the model (exports know their class names), all outputs in
+`checkpoints/<tutorial>/`, and after `fit` a Keras-style `evaluate` on the 10,000 test images.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger
+
+from mnist_lit import atomic
+from mnist_lit.callbacks import EpochLine, RunRecorder
+from mnist_lit.data import MNISTDataModule
+from mnist_lit.models import Tutorial, count_params
+
+CONFIG_DIRS = (Path("configs"), Path(__file__).resolve().parent.parent / "configs")
+CONFIG_FLAGS = ("--config", "-c")
+
+
+def resolve_config(value: str) -> str:
+    """A config path as given if it exists, else the same name (with or without .yaml) under configs/."""
+    if Path(value).exists() or value.startswith(("{", "[")) or ":" in value:
+        return value
+    for folder in CONFIG_DIRS:
+        for name in (value, f"{value}.yaml"):
+            if (folder / name).is_file():
+                return str(folder / name)
+    return value  # jsonargparse reports it as missing
+
+
+def resolve_config_args(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        flag, eq, value = arg.partition("=")
+        if flag in CONFIG_FLAGS and eq:
+            out.append(f"{flag}={resolve_config(value)}")
+        elif arg in CONFIG_FLAGS:
+            out.append(arg)
+            nxt = next(it, None)
+            if nxt is not None:
+                out.append(resolve_config(nxt))
+        else:
+            out.append(arg)
+    return out
+
+
+# Lightning messages that are expected in every run of this CLI and tell the user nothing
+QUIET_WARNINGS = (
+    r"Total length of `list` across ranks is zero",  # validation is off when data.val is "none"
+    r"Checkpoint directory .* exists and is not empty",  # a rerun replaces last.ckpt on purpose
+    r"The number of training batches .* is smaller than the logging interval",  # metrics are per epoch
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning 2.6 on torch >= 2.10
+)
+
+
+def quiet_lightning() -> None:
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    no_ads = logging.Filter()
+    no_ads.filter = lambda record: "litlogger" not in record.getMessage()
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(no_ads)
+
+
+class ConfigSaver(SaveConfigCallback):
+    """Writes the resolved config of a `fit` to `<output_dir>/config.yaml`, replacing an older one."""
+
+    def __init__(self, parser, config, output_dir: str = "checkpoints", **kwargs: Any) -> None:
+        super().__init__(parser, config, save_to_log_dir=False, **kwargs)
+        self.output_dir = Path(output_dir)
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            atomic.write_text(self.output_dir / self.config_filename, self.parser.dump(self.config, skip_none=False))
+
+
+class MnistCLI(LightningCLI):
+    """`python -m mnist_lit {fit,validate,test,predict} --config configs/<tutorial>.yaml [--trainer.* ...]`."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        super().__init__(
+            Tutorial, MNISTDataModule, subclass_mode_model=True,
+            save_config_callback=ConfigSaver, save_config_kwargs={"overwrite": True},
+            seed_everything_default=0, auto_configure_optimizers=False,
+            parser_kwargs={"description": __doc__.splitlines()[0]},
+            args=args, run=run, **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--output_dir", type=Optional[str], default=None,
+                            help="Where checkpoints, config.yaml and metrics.json go (default: checkpoints/<tutorial>).")
+        parser.link_arguments("data.dataset", "model.init_args.dataset")
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self._get(self.config, "output_dir") or Path("checkpoints") / self.model.name)
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        out = self.output_dir
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        given = config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        if config.get("default_root_dir") is None:
+            config["default_root_dir"] = str(out)
+        if config.get("logger") in (None, True):
+            config["logger"] = CSVLogger(out, name="logs")
+        if config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
+            # last.ckpt every epoch for resuming; the tested model is saved as model.ckpt after fit
+            callbacks.append(ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0, enable_version_counter=False))
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+            callbacks.append(EpochLine())
+        callbacks.append(RunRecorder())
+        self.save_config_kwargs["output_dir"] = str(out)
+        return self._instantiate_trainer(config, callbacks)
+
+    def after_fit(self) -> None:
+        """Keras' `evaluate` after `fit`: test the final weights, save them, write metrics.json."""
+        trainer, model = self.trainer, self.model
+        if trainer.interrupted:
+            return
+        results = trainer.test(model, datamodule=self.datamodule, verbose=False)[0]
+        if trainer.is_global_zero:
+            print(f"Test: loss: {results['test_loss']:.4f} - acc: {results['test_acc']:.4f}", flush=True)
+        if trainer.fast_dev_run:  # a smoke run must not overwrite a real run's outputs
+            return
+        out = self.output_dir
+        trainer.save_checkpoint(out / "model.ckpt", weights_only=True)  # every rank calls it; rank 0 writes
+        if trainer.is_global_zero:
+            atomic.write_json(out / "metrics.json", self.run_summary(results))
+            print(f"Saved {out / 'model.ckpt'} and {out / 'metrics.json'}", flush=True)
+
+    def run_summary(self, results: dict[str, float]) -> dict[str, Any]:
+        trainer, model = self.trainer, self.model
+        recorder = next(c for c in trainer.callbacks if isinstance(c, RunRecorder))
+        cm = model.confusion_matrix
+        per_class = (cm.diag() / cm.sum(1).clamp(min=1)).tolist() if cm is not None else []
+        return {
+            "tutorial": model.name,
+            "dataset": model.hparams.dataset,
+            "test_acc": results["test_acc"],
+            "test_loss": results["test_loss"],
+            "test_samples": int(cm.sum()) if cm is not None else None,
+            "per_class_acc": dict(zip(model.classes, per_class)),
+            "params": count_params(model.net),
+            "epochs": len(recorder.history),
+            "steps": trainer.global_step,
+            "epoch_seconds": recorder.epoch_seconds,
+            "history": recorder.history,
+            "confusion_matrix": cm.tolist() if cm is not None else None,
+            "device": str(trainer.strategy.root_device),
+            "world_size": trainer.world_size,
+            "versions": {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI on `argv`, or on the command line (rewritten in place so DDP's relaunch sees the same)."""
+    quiet_lightning()
+    if argv is None:
+        sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        MnistCLI()
+    else:
+        MnistCLI(args=resolve_config_args(argv))

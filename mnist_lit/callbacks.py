@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Any
@@ -43,9 +44,22 @@ class EpochLine(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    @staticmethod
+    def _planned_epochs(trainer: L.Trainer) -> int | None:
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        per_epoch = trainer.num_training_batches
+        if trainer.max_steps > 0 and per_epoch and math.isfinite(per_epoch):  # e.g. the TF1 tutorial's 2000 steps
+            by_steps = math.ceil(trainer.max_steps / per_epoch)
+            epochs = min(epochs, by_steps) if epochs else by_steps
+        return epochs
+
     def _prefix(self, trainer: L.Trainer) -> str:
-        total_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-        return f"Epoch {trainer.current_epoch + 1}/{total_epochs}"
+        return f"Epoch {trainer.current_epoch + 1}/{self._planned_epochs(trainer) or '?'}"
+
+    @staticmethod
+    def _batches(trainer: L.Trainer) -> str:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return f"{done}/{trainer.num_training_batches}"  # not total_train_batches: it shrinks near max_steps
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._last_draw = time.perf_counter()
@@ -56,7 +70,7 @@ class EpochLine(ProgressBar):
         now = time.perf_counter()
         if now - self._last_draw >= self.refresh_seconds:
             self._last_draw = now
-            sys.stdout.write(f"\r{self._prefix(trainer)} - {batch_idx + 1}/{self.total_train_batches}")
+            sys.stdout.write(f"\r{self._prefix(trainer)} - {self._batches(trainer)}")
             sys.stdout.flush()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -64,8 +78,7 @@ class EpochLine(ProgressBar):
         if not (self._enabled and trainer.is_global_zero):
             return
         seconds = time.perf_counter() - self._start
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        line = f"{self._prefix(trainer)} - {done}/{self.total_train_batches} - {seconds:.1f}s - {format_metrics(metrics)}"
+        line = f"{self._prefix(trainer)} - {self._batches(trainer)} - {seconds:.1f}s - {format_metrics(metrics)}"
         sys.stdout.write(("\r" if self._live else "") + line + "\n")
         sys.stdout.flush()
 

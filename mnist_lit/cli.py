@@ -8,11 +8,15 @@ On top of a stock `LightningCLI` it adds: bare config names (`--config cnn.yaml`
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional
+
+# Lightning 2.6 still calls jsonargparse APIs deprecated in 4.49; users cannot act on those warnings
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 import lightning as L
 import torch
@@ -134,8 +138,7 @@ class MnistCLI(LightningCLI):
         if trainer.interrupted:
             return
         results = trainer.test(model, datamodule=self.datamodule, verbose=False)[0]
-        if trainer.is_global_zero:
-            print(f"Test: loss: {results['test_loss']:.4f} - acc: {results['test_acc']:.4f}", flush=True)
+        self.print_evaluation("test", results)
         if trainer.fast_dev_run:  # a smoke run must not overwrite a real run's outputs
             return
         out = self.output_dir
@@ -143,6 +146,19 @@ class MnistCLI(LightningCLI):
         if trainer.is_global_zero:
             atomic.write_json(out / "metrics.json", self.run_summary(results))
             print(f"Saved {out / 'model.ckpt'} and {out / 'metrics.json'}", flush=True)
+
+    def after_test(self) -> None:
+        self.print_evaluation("test", self.trainer.callback_metrics)
+
+    def after_validate(self) -> None:
+        self.print_evaluation("val", self.trainer.callback_metrics)
+
+    def print_evaluation(self, stage: str, metrics) -> None:
+        """Keras `evaluate`'s line: `Test: loss: 0.0312 - acc: 0.9901`."""
+        if self.trainer.is_global_zero:
+            title = {"test": "Test", "val": "Validation"}[stage]
+            print(f"{title}: loss: {float(metrics[f'{stage}_loss']):.4f} - acc: {float(metrics[f'{stage}_acc']):.4f}",
+                  flush=True)
 
     def run_summary(self, results: dict[str, float]) -> dict[str, Any]:
         trainer, model = self.trainer, self.model

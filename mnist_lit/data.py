@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Literal
 import lightning as L
 import numpy as np
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 
 from mnist_lit.errors import UserError
 
@@ -254,15 +255,11 @@ class MNISTDataModule(L.LightningDataModule):
         seed: seeds the hold-out split and the per-epoch shuffle.
     """
 
-    def __init__(self, dataset: DatasetName = "mnist", data_dir: str = "data", batch_size: int = 128,
-                 val: Literal["none", "holdout", "test"] = "none", val_size: int = 5000,
-                 loader: Literal["memory", "torchvision"] = "memory", num_workers: int = 0,
-                 eval_batch_size: int = 1000, download: bool = True, seed: int = 0) -> None:
+    def __init__(self, dataset: DatasetName = "mnist", data_dir: str = "data", batch_size: PositiveInt = 128,
+                 val: Literal["none", "holdout", "test"] = "none", val_size: PositiveInt = 5000,
+                 loader: Literal["memory", "torchvision"] = "memory", num_workers: NonNegativeInt = 0,
+                 eval_batch_size: PositiveInt = 1000, download: bool = True, seed: int = 0) -> None:
         super().__init__()
-        if batch_size < 1 or eval_batch_size < 1:
-            raise UserError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
-        if val == "holdout" and val_size < 1:
-            raise UserError(f"data.val_size must be >= 1, got {val_size}")
         self.save_hyperparameters()
         self.classes = DATASETS[dataset].classes
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -11,11 +11,11 @@ from typing import Any, ClassVar, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import PositiveFloat
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mnist_lit.data import DATASETS, DatasetName
-from mnist_lit.errors import UserError
 
 Optimizer = Literal["rmsprop", "adam", "sgd"]
 
@@ -37,7 +37,7 @@ class Tutorial(L.LightningModule):
 
     name: ClassVar[str]
 
-    def __init__(self, net: nn.Module, optimizer: Optimizer = "rmsprop", lr: float = 1e-3,
+    def __init__(self, net: nn.Module, optimizer: Optimizer = "rmsprop", lr: PositiveFloat = 1e-3,
                  loss_reduction: Literal["mean", "sum"] = "mean", dataset: DatasetName = "mnist") -> None:
         """
         Args:
@@ -48,8 +48,6 @@ class Tutorial(L.LightningModule):
             dataset: the data set trained on; linked from `data.dataset`, it names the classes in exports.
         """
         super().__init__()
-        if lr <= 0:
-            raise UserError(f"model.lr must be > 0, got {lr}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         keras_init(self.net)

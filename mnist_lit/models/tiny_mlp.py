@@ -1,9 +1,12 @@
 """TF2 tutorial: Dense 16, Dense 16, Dropout 0.2, Dense 10, with the test set as validation data."""
 
+from jsonargparse.typing import restricted_number_type
 from torch import nn
 
-from mnist_lit.errors import UserError
 from mnist_lit.models.base import Optimizer, Tutorial
+
+
+DropoutRate = restricted_number_type("DropoutRate", float, [(">=", 0), ("<", 1)])
 
 
 class TinyMLPNet(nn.Sequential):
@@ -24,11 +27,9 @@ class TinyMLP(Tutorial):
 
     name = "tiny_mlp"
 
-    def __init__(self, optimizer: Optimizer = "adam", dropout: float = 0.2, **kwargs) -> None:
+    def __init__(self, optimizer: Optimizer = "adam", dropout: DropoutRate = 0.2, **kwargs) -> None:
         """
         Args:
             dropout: rate of the Dropout layer before the output.
         """
-        if not 0 <= dropout < 1:
-            raise UserError(f"model.dropout must be in [0, 1), got {dropout}")
         super().__init__(TinyMLPNet(dropout), optimizer=optimizer, **kwargs)

@@ -1,0 +1,63 @@
+"""Fixtures: small synthetic IDX files in torchvision's layout, so the default test run is hermetic."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TRAIN, TEST = 640, 200
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Digits a small net learns in a few steps: class k lights a bar at row 2 + 2k, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(n, 28, 28))
+    for i, k in enumerate(labels):
+        images[i, 2 + 2 * k: 4 + 2 * k, 4:24] = 255
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_idx_folder(folder: Path, train: int = TRAIN, test: int = TEST, gz: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", train, 0), ("t10k", test, 1)):
+        images, labels = synthetic_split(n, seed)
+        for name, data in ((f"{split}-images-idx3-ubyte", idx_bytes(images, 0x803)),
+                           (f"{split}-labels-idx1-ubyte", idx_bytes(labels, 0x801))):
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel=1))
+            else:
+                (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """A data folder holding synthetic MNIST and Fashion-MNIST."""
+    root = tmp_path / "data"
+    write_idx_folder(root / "MNIST" / "raw")
+    write_idx_folder(root / "FashionMNIST" / "raw")
+    return root
+
+
+@pytest.fixture
+def no_download(monkeypatch: pytest.MonkeyPatch):
+    """Make torchvision's download fail at once, as it does on a machine without internet."""
+    from urllib.error import URLError
+
+    from torchvision import datasets
+
+    def offline(self, *args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    for cls in (datasets.MNIST, datasets.FashionMNIST):
+        monkeypatch.setattr(cls, "download", offline)

@@ -1,0 +1,175 @@
+"""The command line as a user meets it: configs, outputs, resume, Trainer flags, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mnist_lit.__main__ import main
+from mnist_lit.cli import MnistCLI, resolve_config, resolve_config_args
+from tests.conftest import TEST
+
+REPO = Path(__file__).resolve().parent.parent
+TUTORIALS = ["cnn", "dense512", "fashion_mlp", "softmax_regression", "tiny_mlp"]
+
+
+def run(*args: str) -> int:
+    try:
+        return main(list(args))
+    except SystemExit as e:  # jsonargparse exits on bad arguments
+        return int(e.code or 0)
+
+
+def fit(config: str, data_root: Path, out: Path, *extra: str) -> int:
+    return run("fit", "--config", config, "--data.data_dir", str(data_root), "--output_dir", str(out), *extra)
+
+
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_every_config_runs(name: str, data_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    assert fit(f"configs/{name}.yaml", data_root, out, "--trainer.fast_dev_run", "true") == 0
+    assert "Test: loss: " in capsys.readouterr().out
+    assert not (out / "metrics.json").exists(), "a smoke run must not write results"
+
+
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_configs_hold_the_published_recipe(name: str):
+    config = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+    recipe = {"dense512": (5, 128, "none"), "cnn": (10, 128, "none"), "tiny_mlp": (20, 32, "test"),
+              "fashion_mlp": (10, 32, "none"), "softmax_regression": (None, 64, "none")}[name]
+    data = config.get("data", {})
+    assert (config["trainer"].get("max_epochs"), data.get("batch_size", 128), data.get("val", "none")) == recipe
+    if name == "softmax_regression":
+        assert config["trainer"]["max_steps"] == 2000
+    assert data.get("dataset", "mnist") == ("fashion_mnist" if name == "fashion_mlp" else "mnist")
+    assert (REPO / "configs" / f"{name}.yaml").read_text().startswith("# ")
+
+
+def test_fit_writes_the_outputs_and_can_run_again(data_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "tiny"
+    for _ in range(2):  # the second run replaces the first one's files
+        assert fit("tiny_mlp.yaml", data_root, out, "--trainer.max_epochs", "2") == 0
+    printed = capsys.readouterr().out
+    assert "Epoch 2/2 - 20/20 - " in printed and "val_acc: " in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params"] == 13_002 and metrics["epochs"] == 2 and metrics["test_samples"] == TEST
+    assert len(metrics["epoch_seconds"]) == 2 and all(s > 0 for s in metrics["epoch_seconds"])
+    assert metrics["test_acc"] > 0.5, "the synthetic classes are easy: the run did not learn"
+    assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(metrics["history"][-1])
+    assert sorted(p.name for p in out.glob("*.ckpt")) == ["last.ckpt", "model.ckpt"]
+    ckpt = torch.load(out / "model.ckpt", weights_only=True)  # plain values only
+    assert ckpt["mnist_lit"]["tutorial"] == "tiny_mlp" and ckpt["hyper_parameters"]["dataset"] == "mnist"
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"]["class_path"] == "mnist_lit.models.TinyMLP" and config["trainer"]["max_epochs"] == 2
+
+
+def test_saved_config_reproduces_the_run(data_root: Path, tmp_path: Path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert fit("dense512", data_root, first, "--trainer.max_epochs", "1", "--trainer.deterministic", "true") == 0
+    assert run("fit", "--config", str(first / "config.yaml"), "--output_dir", str(second)) == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (first, second))
+    assert (a["test_acc"], a["test_loss"]) == (b["test_acc"], b["test_loss"])
+
+
+def test_resume_from_last_keeps_the_history(data_root: Path, tmp_path: Path):
+    out = tmp_path / "cnn"
+    assert fit("cnn", data_root, out, "--trainer.max_epochs", "1") == 0
+    assert fit("cnn", data_root, out, "--trainer.max_epochs", "2", "--ckpt_path", "last") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["history"]] == [1, 2] and metrics["steps"] == 2 * 5
+
+
+def test_test_and_validate_a_saved_model(data_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "d"
+    assert fit("dense512", data_root, out, "--trainer.max_epochs", "1") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    acc, loss = metrics["test_acc"], metrics["test_loss"]
+    capsys.readouterr()
+    assert run("test", "--config", "dense512", "--data.data_dir", str(data_root), "--output_dir", str(out),
+               "--ckpt_path", str(out / "model.ckpt")) == 0
+    assert f"Test: loss: {loss:.4f} - acc: {acc:.4f}" in capsys.readouterr().out
+    assert run("validate", "--config", "tiny_mlp", "--data.data_dir", str(data_root), "--output_dir",
+               str(tmp_path / "v")) == 0
+    assert "Validation: loss: " in capsys.readouterr().out
+
+
+def test_trainer_flags_pass_through(data_root: Path, tmp_path: Path):
+    assert fit("cnn", data_root, tmp_path, "--trainer.fast_dev_run", "true", "--trainer.precision", "bf16-mixed",
+               "--trainer.accelerator", "cpu", "--trainer.devices", "1") == 0
+
+
+def test_print_config_starts_a_config(capsys):
+    assert run("fit", "--config", "fashion_mlp", "--print_config") == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["class_path"] == "mnist_lit.models.FashionMLP"
+    assert config["data"]["batch_size"] == 32 and config["data"]["dataset"] == "fashion_mnist"
+
+
+def test_data_set_is_linked_into_the_model():
+    cli = MnistCLI(args=["--config", resolve_config("fashion_mlp")], run=False)
+    assert cli.model.hparams.dataset == "fashion_mnist" and cli.model.classes[9] == "Ankle boot"
+    cli = MnistCLI(args=["--config", resolve_config("cnn"), "--data.dataset", "fashion_mnist"], run=False)
+    assert cli.model.classes[0] == "T-shirt/top"
+
+
+def test_bare_config_names():
+    assert resolve_config("cnn.yaml") == resolve_config("cnn")
+    assert Path(resolve_config("cnn")).read_text().startswith("# Keras CNN")
+    assert resolve_config("no-such.yaml") == "no-such.yaml"
+    assert resolve_config_args(["fit", "--config=cnn", "-c", "tiny_mlp.yaml"])[1:] == [
+        f"--config={resolve_config('cnn')}", "-c", resolve_config("tiny_mlp")]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--model", "Resnet50"], "Resnet50"),
+    (["--data.batch_size", "many"], "data.batch_size"),
+    (["--data.dataset", "cifar10"], "'mnist', 'fashion_mnist'"),
+    (["--data.shuffle_buffer", "3"], "shuffle_buffer"),
+    (["--model.init_args.optimizer", "adagrad"], "'rmsprop', 'adam', 'sgd'"),
+    (["--data.batch_size", "0"], "data.batch_size"),
+    (["--model.init_args.lr", "-1"], "lr"),
+    (["--model", "TinyMLP", "--model.init_args.dropout", "1.5"], "dropout"),
+])
+def test_bad_flags_get_the_cli_error(args, expected, capsys):
+    assert run("fit", "--config", "cnn", *args) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_missing_config_file(capsys):
+    assert run("fit", "--config", "nope.yaml") == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_holdout_larger_than_the_data_is_one_line(data_root: Path, tmp_path: Path, capsys):
+    assert fit("cnn", data_root, tmp_path, "--data.val", "holdout", "--data.val_size", "100000") == 1
+    err = capsys.readouterr().err
+    assert err == "mnist_lit: error: data.val_size 100000 leaves no training data (640 samples)\n"
+
+
+def test_offline_without_data_is_one_line(tmp_path: Path, no_download, monkeypatch, capsys):
+    from mnist_lit import data
+
+    monkeypatch.setattr(data, "REPO_DATA", tmp_path / "nothing")
+    assert run("fit", "--config", "cnn", "--data.data_dir", str(tmp_path / "d"), "--output_dir", str(tmp_path)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mnist_lit: error: MNIST not found and the download failed")
+
+
+def test_corrupt_data_from_the_shell_is_one_line_without_traceback(data_root: Path, tmp_path: Path):
+    bad = data_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:500])
+    proc = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", "cnn", "--data.data_dir",
+                           str(data_root), "--output_dir", str(tmp_path / "o")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"mnist_lit: error: {bad}: truncated gzip stream"

@@ -1,0 +1,215 @@
+"""IDX checks, the data lookup order, and the batches both input paths serve."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_lit import data
+from mnist_lit.data import DataError, MNISTDataModule, TensorBatches, load_split, locate, read_idx
+from tests.conftest import TEST, TRAIN, idx_bytes, synthetic_split, write_idx_folder
+
+SHIPPED_MD5 = {  # ../shared/data/README.md, the MNIST database as distributed
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+
+def test_shipped_mnist_is_the_real_database():
+    for name, md5 in SHIPPED_MD5.items():
+        with gzip.open(data.REPO_DATA / "MNIST" / "raw" / f"{name}.gz") as f:
+            assert hashlib.md5(f.read()).hexdigest() == md5, name
+
+
+# ---------------------------------------------------------------- IDX errors name the file and the problem
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return write_idx_folder(tmp_path / "raw", gz=False)
+
+
+def test_reads_plain_and_gzip_files_alike(tmp_path: Path):
+    plain = load_split(write_idx_folder(tmp_path / "a", gz=False), "train")
+    packed = load_split(write_idx_folder(tmp_path / "b", gz=True), "train")
+    assert plain[0].shape == (TRAIN, 1, 28, 28) and plain[0].dtype == torch.uint8
+    assert plain[1].dtype == torch.int64
+    assert torch.equal(plain[0], packed[0]) and torch.equal(plain[1], packed[1])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:-100], "truncated"),
+    (lambda b: b + b"\0\0", "trailing bytes"),
+    (lambda b: (0x0801).to_bytes(4, "big") + b[4:], "wrong magic number 0x00000801"),
+    (lambda b: b[:10], "truncated header"),
+    (lambda b: b"", "too short"),
+])
+def test_damaged_image_file(folder: Path, damage, message):
+    path = folder / "train-images-idx3-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataError, match=message) as e:
+        load_split(folder, "train")
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_truncated_gzip(tmp_path: Path):
+    folder = write_idx_folder(tmp_path / "raw")
+    path = folder / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(DataError, match="truncated gzip stream"):
+        load_split(folder, "test")
+
+
+def test_not_gzip(tmp_path: Path):
+    folder = write_idx_folder(tmp_path / "raw")
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"hello, I am not compressed at all")
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: unreadable"):
+        load_split(folder, "test")
+
+
+def test_image_and_label_counts_must_agree(folder: Path):
+    _, labels = synthetic_split(TEST - 1, 5)
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels, 0x801))
+    with pytest.raises(DataError, match=f"{TEST} images but t10k-labels-idx1-ubyte has {TEST - 1} labels"):
+        load_split(folder, "test")
+
+
+def test_labels_outside_0_to_9(folder: Path):
+    _, labels = synthetic_split(TEST, 1)
+    labels[3] = 12
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels, 0x801))
+    with pytest.raises(DataError, match="label 12 outside 0..9"):
+        load_split(folder, "test")
+
+
+def test_images_must_be_28x28(folder: Path):
+    (folder / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(torch.zeros(TEST, 32, 32).numpy(), 0x803))
+    with pytest.raises(DataError, match="images are 32x32"):
+        load_split(folder, "test")
+
+
+# ---------------------------------------------------------------- where the files are found
+
+
+@pytest.fixture
+def nothing_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """No shipped copy and no system copy (this machine may have Debian's dataset-fashion-mnist)."""
+    monkeypatch.setattr(data, "REPO_DATA", tmp_path / "no-shipped-data")
+    for name, info in data.DATASETS.items():
+        monkeypatch.setitem(data.DATASETS, name, dataclasses.replace(info, system_dirs=()))
+
+
+def test_lookup_prefers_the_data_folder(data_root: Path):
+    assert locate("mnist", data_root) == data_root / "MNIST" / "raw"
+
+
+@pytest.mark.parametrize("layout", ["flat", "folder", "raw"])
+def test_data_folder_layouts(tmp_path: Path, layout: str):
+    where = {"flat": tmp_path, "folder": tmp_path / "MNIST", "raw": tmp_path / "MNIST" / "raw"}[layout]
+    write_idx_folder(where)
+    assert locate("mnist", tmp_path) == where
+
+
+def test_lookup_falls_back_to_shipped_copy(tmp_path: Path):
+    assert locate("mnist", tmp_path / "empty") == data.REPO_DATA / "MNIST" / "raw"
+
+
+def test_lookup_uses_system_copy_of_fashion(tmp_path: Path, monkeypatch, nothing_shipped):
+    system = write_idx_folder(tmp_path / "usr-share-datasets-fashion-mnist")
+    info = dataclasses.replace(data.DATASETS["fashion_mnist"], system_dirs=("/nonexistent", str(system)))
+    monkeypatch.setitem(data.DATASETS, "fashion_mnist", info)
+    assert locate("fashion_mnist", tmp_path / "empty") == system
+
+
+def test_incomplete_folder_is_skipped(tmp_path: Path):
+    partial = write_idx_folder(tmp_path / "MNIST" / "raw")
+    (partial / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert locate("mnist", tmp_path) == data.REPO_DATA / "MNIST" / "raw"
+
+
+def test_offline_download_fails_in_one_line(tmp_path: Path, no_download, nothing_shipped):
+    with pytest.raises(DataError) as e:
+        locate("fashion_mnist", tmp_path / "d")
+    message = str(e.value)
+    assert "\n" not in message and "download failed (URLError)" in message
+    assert "train-images-idx3-ubyte.gz" in message and str(tmp_path / "d" / "FashionMNIST" / "raw") in message
+    assert not list((tmp_path / "d").glob(".download-*")), "temporary download folder left behind"
+
+
+def test_no_download_flag(tmp_path: Path, nothing_shipped):
+    with pytest.raises(DataError, match="downloads are off"):
+        locate("mnist", tmp_path, allow_download=False)
+
+
+def test_torchvision_root_decompresses_atomically(data_root: Path, tmp_path: Path):
+    root = data.torchvision_root("mnist", data_root / "MNIST" / "raw", tmp_path / "tv")
+    raw = root / "MNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(SHIPPED_MD5)  # no temporary names left
+
+
+# ---------------------------------------------------------------- batches
+
+
+def _batches(n=103, bs=10, **kw):
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 28, 28)
+    return TensorBatches(images, torch.arange(n), bs, **kw)
+
+
+def test_each_epoch_sees_every_sample_once_in_a_new_order():
+    epoch = [0]
+    batches = _batches(shuffle=True, seed=3, epoch=lambda: epoch[0])
+    first = torch.cat([y for _, y in batches])
+    again = torch.cat([y for _, y in batches])
+    epoch[0] = 1
+    second = torch.cat([y for _, y in batches])
+    assert len(batches) == 11 and sorted(first.tolist()) == list(range(103))
+    assert torch.equal(first, again), "same seed and epoch must give the same order"
+    assert not torch.equal(first, second) and sorted(second.tolist()) == list(range(103))
+
+
+def test_images_stay_with_their_labels():
+    for x, y in _batches(shuffle=True):
+        assert torch.equal(x[:, 0, 0, 0].long(), y)
+
+
+def test_ranks_get_disjoint_equal_shares():
+    shards = [torch.cat([y for _, y in _batches(shuffle=True, rank=r, world=3)]) for r in range(3)]
+    assert [len(s) for s in shards] == [34, 34, 34]
+    assert len(set(torch.cat(shards).tolist())) == 102
+
+
+def test_evaluation_shards_cover_everything_once():
+    shards = [torch.cat([y for _, y in _batches(rank=r, world=2)]) for r in range(2)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(103))
+
+
+@pytest.mark.parametrize("val, sizes", [("none", None), ("test", TEST), ("holdout", 100)])
+def test_validation_choices(data_root: Path, val: str, sizes):
+    dm = MNISTDataModule(data_dir=str(data_root), val=val, val_size=100)
+    dm.setup("fit")
+    train_n = sum(len(y) for _, y in dm.train_dataloader())
+    val_n = sum(len(y) for _, y in dm.val_dataloader()) if val != "none" else None
+    assert val_n == sizes
+    assert train_n == TRAIN - (100 if val == "holdout" else 0)
+
+
+def test_both_loaders_serve_the_same_test_set(data_root: Path):
+    batches = {}
+    for loader in ("memory", "torchvision"):
+        dm = MNISTDataModule(data_dir=str(data_root), loader=loader, eval_batch_size=64)
+        dm.prepare_data()
+        dm.setup("test")
+        x, y = next(iter(dm.test_dataloader()))
+        x, y = dm.on_after_batch_transfer((x, y), 0)
+        batches[loader] = (x, y)
+    (xm, ym), (xt, yt) = batches["memory"], batches["torchvision"]
+    assert xm.shape == xt.shape == (64, 1, 28, 28) and xm.dtype == torch.float32
+    assert torch.equal(xm, xt) and torch.equal(ym, yt)
+    assert 0.0 <= float(xm.min()) and float(xm.max()) == 1.0  # x / 255, no mean/std

@@ -1,0 +1,108 @@
+"""The five networks match their Keras originals: layers, parameter counts, initialisation, optimizers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_lit.models import TUTORIALS, CNN, SoftmaxRegression, TinyMLP, count_params
+
+KERAS_PARAMS = {"dense512": 407_050, "cnn": 97_414, "tiny_mlp": 13_002, "fashion_mlp": 101_770,
+                "softmax_regression": 7_850}
+RECIPES = {  # DEVELOPERS.md: the published training of each tutorial
+    "dense512": ("rmsprop", "mean"), "cnn": ("rmsprop", "mean"), "tiny_mlp": ("adam", "mean"),
+    "fashion_mlp": ("adam", "mean"), "softmax_regression": ("sgd", "sum"),
+}
+
+
+def test_every_tutorial_is_registered():
+    assert set(TUTORIALS) == set(KERAS_PARAMS)
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+def test_parameter_count_equals_keras(name: str):
+    assert count_params(TUTORIALS[name]().net) == KERAS_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+@pytest.mark.parametrize("batch", [1, 7])
+def test_logits_shape_and_no_softmax_inside(name: str, batch: int):
+    model = TUTORIALS[name]().eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(torch.rand(batch, 1, 28, 28))
+    assert out.shape == (batch, 10) and out.dtype == torch.float32
+    if name != "softmax_regression":  # zero init gives all-zero logits
+        assert not torch.allclose(out.sum(1), torch.ones(batch)), "forward must return logits, not probabilities"
+
+
+@pytest.mark.parametrize("name", sorted(set(KERAS_PARAMS) - {"softmax_regression"}))
+def test_keras_glorot_uniform_weights_and_zero_biases(name: str):
+    torch.manual_seed(0)
+    layers = [m for m in TUTORIALS[name]().net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert layers
+    for layer in layers:
+        w = layer.weight.detach()
+        receptive = w[0, 0].numel() if w.dim() == 4 else 1
+        bound = math.sqrt(6 / (w.shape[1] * receptive + w.shape[0] * receptive))
+        assert float(w.abs().max()) <= bound
+        assert float(w.abs().max()) > 0.9 * bound  # uniform over the whole range, not a narrower default
+        assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_softmax_regression_starts_from_zero():
+    assert all(torch.count_nonzero(p) == 0 for p in SoftmaxRegression().net.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+def test_optimizer_matches_keras(name: str):
+    model = TUTORIALS[name]()
+    optimizer, reduction = RECIPES[name]
+    opt = model.configure_optimizers()
+    group = opt.param_groups[0]
+    assert model.hparams.loss_reduction == reduction and group["lr"] == 1e-3
+    if optimizer == "rmsprop":
+        assert isinstance(opt, torch.optim.RMSprop) and group["alpha"] == 0.9 and group["eps"] == 1e-7
+        assert group["momentum"] == 0 and not group["centered"]
+    elif optimizer == "adam":
+        assert isinstance(opt, torch.optim.Adam) and group["eps"] == 1e-7 and group["betas"] == (0.9, 0.999)
+    else:
+        assert type(opt) is torch.optim.SGD and group["momentum"] == 0
+
+
+def test_cnn_layers_in_keras_order():
+    kinds = [type(m).__name__ for m in CNN().net]
+    assert kinds == ["Conv2d", "ReLU", "MaxPool2d"] * 3 + ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert [m.out_channels for m in CNN().net if isinstance(m, nn.Conv2d)] == [32, 64, 64]
+
+
+def test_summed_loss_is_batch_size_times_mean():
+    torch.manual_seed(0)
+    model = SoftmaxRegression()
+    nn.init.normal_(model.net[1].weight)
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    model.log = lambda *a, **k: None  # outside a Trainer
+    loss = model.training_step((x, y), 0)
+    assert torch.allclose(loss, F.cross_entropy(model(x), y, reduction="sum"))
+    assert torch.allclose(loss, 64 * F.cross_entropy(model(x), y))
+
+
+def test_dropout_is_active_only_in_training():
+    model = TinyMLP(dropout=0.5)
+    x = torch.rand(4, 1, 28, 28)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.equal(model(x), model(x))
+
+
+def test_prediction_is_probabilities():
+    model = CNN().eval()
+    with torch.no_grad():
+        probs = model.predict_step((torch.rand(5, 1, 28, 28), torch.zeros(5)), 0)
+    assert probs.shape == (5, 10) and torch.allclose(probs.sum(1), torch.ones(5)) and float(probs.min()) >= 0

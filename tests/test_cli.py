@@ -104,6 +104,14 @@ def test_trainer_flags_pass_through(data_root: Path, tmp_path: Path):
                "--trainer.accelerator", "cpu", "--trainer.devices", "1") == 0
 
 
+def test_gradient_clipping_and_accumulation_train(data_root: Path, tmp_path: Path):
+    # both need Lightning's automatic optimization; the fast manual path is used otherwise
+    assert fit("tiny_mlp", data_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.gradient_clip_val", "0.5",
+               "--trainer.accumulate_grad_batches", "2") == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 10 and metrics["test_acc"] > 0.2
+
+
 def test_print_config_starts_a_config(capsys):
     assert run("fit", "--config", "fashion_mlp", "--print_config") == 0
     config = yaml.safe_load(capsys.readouterr().out)

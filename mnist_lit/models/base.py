@@ -53,6 +53,7 @@ class Tutorial(L.LightningModule):
         keras_init(self.net)
         self.test_confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)
         self.confusion_matrix: torch.Tensor | None = None  # set after `test`, rows = true class
+        self._sums: dict[str, torch.Tensor] = {}
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -65,27 +66,72 @@ class Tutorial(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction)
-        n = y.numel()
         preds = logits.argmax(1)
-        # epoch means accumulate on the device; nothing here waits for the host
-        mean_loss = loss.detach() / n if self.hparams.loss_reduction == "sum" else loss.detach()
-        self.log(f"{stage}_loss", mean_loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        self.log(f"{stage}_acc", (preds == y).float().mean(), on_step=False, on_epoch=True,
-                 batch_size=n, sync_dist=True, prog_bar=True)
+        summed = loss.detach() if self.hparams.loss_reduction == "sum" else loss.detach() * y.numel()
+        # [loss sum, correct, samples] accumulate on the device: nothing here waits for the host
+        if stage not in self._sums:
+            self._sums[stage] = torch.zeros(3, device=logits.device)
+        self._sums[stage] += torch.stack([summed.float(), (preds == y).sum().float(),
+                                          torch.tensor(float(y.numel()), device=logits.device)])
         if stage == "test":
             self.test_confusion.update(preds, y)
         return loss
 
+    def _log_epoch(self, stage: str) -> None:
+        """Log the epoch's mean loss and accuracy over all ranks: one `self.log` per metric per epoch.
+
+        (`self.log` costs about 0.8 ms a call in Lightning 2.6, several times a small model's step.)
+        """
+        sums = self._sums.pop(stage, None)
+        if sums is None:
+            return
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum") if self.trainer.world_size > 1 else sums
+        count = sums[2].clamp(min=1)
+        # every rank logs the same all-reduced value; sync_dist only keeps Lightning from warning
+        self.log(f"{stage}_loss", sums[0] / count, batch_size=1, sync_dist=True)
+        self.log(f"{stage}_acc", sums[1] / count, batch_size=1, sync_dist=True, prog_bar=True)
+
+    @property
+    def automatic_optimization(self) -> bool:
+        """Manual (fewer hooks per step, through Lightning's own optimizer and backward) unless the run
+        asks for gradient clipping or accumulation, which only Lightning's automatic loop provides."""
+        trainer = self._trainer
+        return trainer is None or bool(trainer.gradient_clip_val or trainer.accumulate_grad_batches != 1)
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:  # LightningModule.__init__ assigns it
+        pass
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        if not self.automatic_optimization:
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()  # counts the step (max_steps, checkpoints) and applies precision plugins
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # logging on the epoch's last batch (not in on_train_epoch_end) lets callbacks read the train
+        # metrics in their own on_train_epoch_end, which Lightning calls before the module's
+        loop = self.trainer.fit_loop.epoch_loop
+        if loop.batch_progress.is_last_batch or 0 < self.trainer.max_steps <= self.trainer.global_step:
+            self._log_epoch("train")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")  # an epoch cut short (max_time, should_stop): loggers still get it
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
         self.confusion_matrix = self.test_confusion.compute().cpu()  # summed over all ranks
         self.test_confusion.reset()
 

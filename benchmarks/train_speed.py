@@ -1,0 +1,146 @@
+"""Seconds per epoch: mnist_lit (the CLI's own classes and callbacks) against a plain PyTorch loop.
+
+Run by hand, not in the tests:  python benchmarks/train_speed.py [--configs cnn tiny_mlp] [--rounds 2]
+
+For each config, in one process, it alternates a `fit` built by the CLI (progress line, checkpointing
+and CSV logger on, as a user gets them) with a plain loop over the same data tensors, network, optimizer
+and batch size, `--rounds` times. An epoch is timed from the start of one epoch to the start of the
+next (validation, checkpoint and logging included); the first epoch of each run is warm-up and dropped.
+Then it runs `python -m mnist_lit fit` for one epoch in a child process and reports its peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mnist_lit.cli import MnistCLI, quiet_lightning, resolve_config  # noqa: E402
+
+CONFIGS = ["dense512", "cnn", "tiny_mlp", "fashion_mlp", "softmax_regression"]
+
+
+class EpochClock(Callback):
+    """Wall time from each epoch start to the next one (or to the end of fit)."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._sync(pl_module)
+        self.starts.append(time.perf_counter())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._sync(pl_module)
+        self.starts.append(time.perf_counter())
+
+    @staticmethod
+    def _sync(pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    @property
+    def epochs(self) -> list[float]:
+        return [b - a for a, b in zip(self.starts, self.starts[1:])]
+
+
+def lightning_epochs(config: str, epochs: int, extra: list[str], out: Path):
+    args = ["--config", resolve_config(config), "--trainer.max_epochs", str(epochs), "--trainer.max_steps", "-1",
+            "--output_dir", str(out), *extra]
+    cli = MnistCLI(args=args, run=False)
+    clock = EpochClock()
+    cli.trainer.callbacks.append(clock)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return clock.epochs, cli
+
+
+def plain_epochs(cli, epochs: int) -> list[float]:
+    """What a PyTorch user writes by hand: shuffle, slice, forward, loss, backward, step; metrics on device."""
+    dm = cli.datamodule
+    model = type(cli.model)(**{k: v for k, v in cli.model.hparams.items() if not k.startswith("_")})
+    device = dm._splits["train"][0].device
+    net = model.net.to(device)
+    opt = model.configure_optimizers()
+    reduction = model.hparams.loss_reduction
+    x_train, y_train = dm._splits["train"]
+    val = dm._splits.get("val") if dm.hparams.val != "none" else None
+    bs, ebs = dm.hparams.batch_size, dm.hparams.eval_batch_size
+    times = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        net.train()
+        order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(epoch)).to(device)
+        sums = torch.zeros(3, device=device)
+        for i in range(0, len(order), bs):
+            idx = order[i:i + bs]
+            x, y = x_train[idx].float().div_(255), y_train[idx]
+            logits = net(x)
+            loss = F.cross_entropy(logits, y, reduction=reduction)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sums += torch.stack([loss.detach(), (logits.argmax(1) == y).sum().float(),
+                                 torch.tensor(float(len(y)), device=device)])
+        if val is not None:
+            net.eval()
+            with torch.no_grad():
+                for i in range(0, len(val[1]), ebs):
+                    x, y = val[0][i:i + ebs].float().div_(255), val[1][i:i + ebs]
+                    logits = net(x)
+                    sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
+                                         (logits.argmax(1) == y).sum().float(), torch.tensor(0.0, device=device)])
+        float(sums[0])  # the epoch's metrics reach the host, as a printed epoch line would need
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def peak_rss_mb(config: str, extra: list[str]) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "mnist_lit", "fit", "--config", config, "--trainer.max_epochs", "1",
+               "--trainer.max_steps", "-1", "--output_dir", out, *extra]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed")
+        return usage.ru_maxrss / 1024  # kB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of mnist_lit and plain per config")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is warm-up")
+    parser.add_argument("--accelerator", default="cpu")
+    args = parser.parse_args()
+    quiet_lightning()
+    extra = ["--trainer.accelerator", args.accelerator, "--trainer.devices", "1"]
+    rows = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, accelerator {args.accelerator}",
+            "| config | mnist_lit s/epoch | plain PyTorch s/epoch | ratio | peak RSS of `fit` (MB) |",
+            "| --- | --- | --- | --- | --- |"]
+    for config in args.configs:
+        ours, plain = [], []
+        with tempfile.TemporaryDirectory() as out:
+            for _ in range(args.rounds):
+                epochs, cli = lightning_epochs(config, args.epochs, extra, Path(out))
+                ours += epochs[1:]
+                plain += plain_epochs(cli, args.epochs)[1:]
+        a, b = statistics.median(ours), statistics.median(plain)
+        rss = peak_rss_mb(config, extra)
+        rows.append(f"| {config} | {a:.3f} | {b:.3f} | {a / b:.2f} | {rss:.0f} |")
+    print("\n".join(rows))  # after the runs, so their epoch lines do not split the table
+
+
+if __name__ == "__main__":
+    main()

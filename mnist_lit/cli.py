@@ -153,6 +153,23 @@ class MnistCLI(LightningCLI):
     def after_validate(self) -> None:
         self.print_evaluation("val", self.trainer.callback_metrics)
 
+    def after_predict(self) -> None:
+        """Write what `predict` computed (probabilities of the test images) to predictions.csv."""
+        batches = self.trainer.predict_loop.predictions
+        if not batches or not self.trainer.is_global_zero or self.trainer.world_size > 1:
+            return  # under DDP each rank holds only its share; the CSV needs them all
+        probs = torch.cat(batches)
+        labels = self.datamodule._splits["test"][1].cpu() if self.datamodule._splits else None
+        confidence, predicted = probs.max(1)
+        classes = self.model.classes
+        lines = ["index,label,predicted,probability"]
+        for i, (p, c) in enumerate(zip(predicted.tolist(), confidence.tolist())):
+            label = classes[int(labels[i])] if labels is not None else ""
+            lines.append(f"{i},{label},{classes[p]},{c:.6f}")
+        path = self.output_dir / "predictions.csv"
+        atomic.write_text(path, "\n".join(lines) + "\n")
+        print(f"Saved {len(probs)} predictions to {path}", flush=True)
+
     def print_evaluation(self, stage: str, metrics) -> None:
         """Keras `evaluate`'s line: `Test: loss: 0.0312 - acc: 0.9901`."""
         if self.trainer.is_global_zero:

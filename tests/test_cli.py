@@ -99,6 +99,17 @@ def test_test_and_validate_a_saved_model(data_root: Path, tmp_path: Path, capsys
     assert "Validation: loss: " in capsys.readouterr().out
 
 
+def test_predict_writes_probabilities(data_root: Path, tmp_path: Path):
+    assert fit("dense512", data_root, tmp_path, "--trainer.max_epochs", "1") == 0
+    assert run("predict", "--config", "dense512", "--data.data_dir", str(data_root), "--output_dir", str(tmp_path),
+               "--ckpt_path", str(tmp_path / "model.ckpt")) == 0
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "index,label,predicted,probability" and len(rows) == TEST + 1
+    right = sum(r.split(",")[1] == r.split(",")[2] for r in rows[1:]) / TEST
+    assert abs(right - json.loads((tmp_path / "metrics.json").read_text())["test_acc"]) < 1e-6
+    assert all(0.1 <= float(r.split(",")[3]) <= 1.0 for r in rows[1:])
+
+
 def test_trainer_flags_pass_through(data_root: Path, tmp_path: Path):
     assert fit("cnn", data_root, tmp_path, "--trainer.fast_dev_run", "true", "--trainer.precision", "bf16-mixed",
                "--trainer.accelerator", "cpu", "--trainer.devices", "1") == 0

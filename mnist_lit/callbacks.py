@@ -20,6 +20,14 @@ def epoch_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(metrics[k]) for k in EPOCH_KEYS if k in metrics}
 
 
+def steps_per_epoch(trainer: L.Trainer) -> int | float:
+    """Optimizer steps in an epoch: Lightning's batch count times the loader's steps per batch."""
+    loader = trainer.train_dataloader
+    per_batch = getattr(loader, "steps_per_execution", 1)
+    steps = trainer.num_training_batches * per_batch
+    return min(steps, getattr(loader, "steps_per_epoch", steps))
+
+
 def format_metrics(metrics: dict[str, float]) -> str:
     return " - ".join(f"{k.removeprefix('train_')}: {v:.4f}" for k, v in metrics.items())
 
@@ -37,6 +45,7 @@ class EpochLine(ProgressBar):
         self._enabled = True
         self._live = sys.stdout.isatty()
         self._start = self._last_draw = 0.0
+        self._first_step = 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -47,7 +56,7 @@ class EpochLine(ProgressBar):
     @staticmethod
     def _planned_epochs(trainer: L.Trainer) -> int | None:
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        per_epoch = trainer.num_training_batches
+        per_epoch = steps_per_epoch(trainer)
         if trainer.max_steps > 0 and per_epoch and math.isfinite(per_epoch):  # e.g. the TF1 tutorial's 2000 steps
             by_steps = math.ceil(trainer.max_steps / per_epoch)
             epochs = min(epochs, by_steps) if epochs else by_steps
@@ -56,13 +65,13 @@ class EpochLine(ProgressBar):
     def _prefix(self, trainer: L.Trainer) -> str:
         return f"Epoch {trainer.current_epoch + 1}/{self._planned_epochs(trainer) or '?'}"
 
-    @staticmethod
-    def _batches(trainer: L.Trainer) -> str:
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return f"{done}/{trainer.num_training_batches}"  # not total_train_batches: it shrinks near max_steps
+    def _batches(self, trainer: L.Trainer) -> str:
+        # optimizer steps, as Keras counts them; not total_train_batches, which shrinks near max_steps
+        return f"{trainer.global_step - self._first_step}/{steps_per_epoch(trainer)}"
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._last_draw = time.perf_counter()
+        self._first_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not (self._enabled and self._live and trainer.is_global_zero):

@@ -199,18 +199,27 @@ def torchvision_root(dataset: str, source: Path, data_dir: Path) -> Path:
 # ---------------------------------------------------------------- batches
 
 
+def is_group(batch) -> bool:
+    """A group of (images, labels) batches (steps_per_execution > 1), not one collated [images, labels]."""
+    return isinstance(batch, list) and bool(batch) and isinstance(batch[0], (tuple, list))
+
+
 class TensorBatches:
     """Batches sliced from tensors already on the training device.
 
     Shuffled by a permutation seeded with (seed, epoch), so an epoch's order is the same on CPU and GPU
     and after a resume. With `world > 1` each rank takes every world-th sample of the permutation; for
     training the tail is cut so every rank runs the same number of steps (DDP needs that).
+    With `steps_per_execution` k > 1 each item is a list of up to k consecutive batches (Keras'
+    `steps_per_execution`): the model takes k optimizer steps per item.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, epoch: Callable[[], int] = lambda: 0, rank: int = 0, world: int = 1) -> None:
+                 seed: int = 0, epoch: Callable[[], int] = lambda: 0, rank: int = 0, world: int = 1,
+                 steps_per_execution: int = 1) -> None:
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.shuffle, self.seed, self.epoch, self.rank, self.world = shuffle, seed, epoch, rank, world
+        self.steps_per_execution = steps_per_execution
 
     def _num_samples(self) -> int:
         n = len(self.labels)
@@ -218,10 +227,28 @@ class TensorBatches:
             return n
         return n // self.world if self.shuffle else len(range(self.rank, n, self.world))
 
-    def __len__(self) -> int:
+    @property
+    def steps_per_epoch(self) -> int:
         return math.ceil(self._num_samples() / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __len__(self) -> int:
+        return math.ceil(self.steps_per_epoch / self.steps_per_execution)
+
+    def __iter__(self):
+        k = self.steps_per_execution
+        if k == 1:
+            yield from self._batches()
+            return
+        group: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for batch in self._batches():
+            group.append(batch)
+            if len(group) == k:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, bs = len(self.labels), self.batch_size
         if not self.shuffle and self.world == 1:
             for i in range(0, n, bs):  # views, no copy
@@ -250,6 +277,9 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: size of the hold-out when `val` is "holdout".
         loader: "memory" (whole split on the training device, fastest) or "torchvision" (DataLoader).
         num_workers: DataLoader workers for the torchvision loader.
+        steps_per_execution: optimizer steps per Lightning batch with the memory loader, like Keras'
+            `steps_per_execution` (same updates, fewer trips through Lightning's loop); 0 picks about
+            1024 samples per Lightning batch. Counts such as `limit_train_batches` then count groups.
         eval_batch_size: batch size for validation, test and predict.
         download: try torchvision's download when no local copy is found.
         seed: seeds the hold-out split and the per-epoch shuffle.
@@ -258,7 +288,7 @@ class MNISTDataModule(L.LightningDataModule):
     def __init__(self, dataset: DatasetName = "mnist", data_dir: str = "data", batch_size: PositiveInt = 128,
                  val: Literal["none", "holdout", "test"] = "none", val_size: PositiveInt = 5000,
                  loader: Literal["memory", "torchvision"] = "memory", num_workers: NonNegativeInt = 0,
-                 eval_batch_size: PositiveInt = 1000, download: bool = True, seed: int = 0) -> None:
+                 steps_per_execution: NonNegativeInt = 0, eval_batch_size: PositiveInt = 1000, download: bool = True, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.classes = DATASETS[dataset].classes
@@ -327,7 +357,11 @@ class MNISTDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         epoch = (lambda: trainer.current_epoch) if trainer else (lambda: 0)
         images, labels = self._splits[split]
-        return TensorBatches(images, labels, bs, shuffle=train, seed=hp.seed, epoch=epoch, rank=rank, world=world)
+        k = (self.hparams.steps_per_execution or max(1, 1024 // bs)) if train else 1
+        if trainer is None or getattr(trainer.lightning_module, "automatic_optimization", True):
+            k = 1  # groups only for our manual loop (no clipping / accumulation), not for hand-written loops
+        return TensorBatches(images, labels, bs, shuffle=train, seed=hp.seed, epoch=epoch, rank=rank, world=world,
+                             steps_per_execution=k)
 
     def train_dataloader(self):
         return self._loader("train", train=True)
@@ -342,5 +376,7 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader("test", train=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if is_group(batch):
+            return [self.on_after_batch_transfer(b, dataloader_idx) for b in batch]
         images, labels = batch
         return images.float().div_(255), labels  # Keras tutorials: x / 255, no mean/std

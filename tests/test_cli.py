@@ -115,6 +115,17 @@ def test_trainer_flags_pass_through(data_root: Path, tmp_path: Path):
                "--trainer.accelerator", "cpu", "--trainer.devices", "1") == 0
 
 
+def test_steps_per_execution_changes_speed_not_results(data_root: Path, tmp_path: Path):
+    results = []
+    for k in ("1", "7"):
+        assert fit("tiny_mlp", data_root, tmp_path / k, "--trainer.max_epochs", "2",
+                   "--data.steps_per_execution", k) == 0
+        results.append(json.loads((tmp_path / k / "metrics.json").read_text()))
+    assert results[0]["steps"] == results[1]["steps"] == 40
+    assert [e["train_loss"] for e in results[0]["history"]] == [e["train_loss"] for e in results[1]["history"]]
+    assert results[0]["test_acc"] == results[1]["test_acc"]
+
+
 def test_gradient_clipping_and_accumulation_train(data_root: Path, tmp_path: Path):
     # both need Lightning's automatic optimization; the fast manual path is used otherwise
     assert fit("tiny_mlp", data_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.gradient_clip_val", "0.5",

@@ -15,7 +15,7 @@ from jsonargparse.typing import PositiveFloat
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from mnist_lit.data import DATASETS, DatasetName
+from mnist_lit.data import DATASETS, DatasetName, is_group
 
 Optimizer = Literal["rmsprop", "adam", "sgd"]
 
@@ -54,6 +54,7 @@ class Tutorial(L.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)
         self.confusion_matrix: torch.Tensor | None = None  # set after `test`, rows = true class
         self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -68,11 +69,11 @@ class Tutorial(L.LightningModule):
         loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction)
         preds = logits.argmax(1)
         summed = loss.detach() if self.hparams.loss_reduction == "sum" else loss.detach() * y.numel()
-        # [loss sum, correct, samples] accumulate on the device: nothing here waits for the host
+        # [loss sum, correct] accumulate on the device, the sample count on the host: nothing waits
         if stage not in self._sums:
-            self._sums[stage] = torch.zeros(3, device=logits.device)
-        self._sums[stage] += torch.stack([summed.float(), (preds == y).sum().float(),
-                                          torch.tensor(float(y.numel()), device=logits.device)])
+            self._sums[stage], self._counts[stage] = torch.zeros(2, device=logits.device), 0
+        self._sums[stage] += torch.stack([summed.float(), (preds == y).sum().float()])
+        self._counts[stage] += y.numel()
         if stage == "test":
             self.test_confusion.update(preds, y)
         return loss
@@ -85,6 +86,7 @@ class Tutorial(L.LightningModule):
         sums = self._sums.pop(stage, None)
         if sums is None:
             return
+        sums = torch.cat([sums, sums.new_tensor([self._counts.pop(stage)])])
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum") if self.trainer.world_size > 1 else sums
         count = sums[2].clamp(min=1)
         # every rank logs the same all-reduced value; sync_dist only keeps Lightning from warning
@@ -103,9 +105,14 @@ class Tutorial(L.LightningModule):
         pass
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
-        if not self.automatic_optimization:
-            optimizer = self.optimizers()
+        if self.automatic_optimization:
+            return self._step(batch, "train")
+        optimizer = self.optimizers()
+        max_steps = self.trainer.max_steps
+        for micro in batch if is_group(batch) else [batch]:
+            if 0 < max_steps <= self.trainer.global_step:
+                break
+            loss = self._step(micro, "train")
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()  # counts the step (max_steps, checkpoints) and applies precision plugins

@@ -13,6 +13,11 @@ USAGE = "usage: python -m mnist_lit {fit,validate,test,predict} --config configs
 def main(argv: list[str] | None = None) -> int:
     verbose = os.environ.get("MNIST_LIT_VERBOSE") == "1"
     try:
+        args = sys.argv[1:] if argv is None else argv
+        if args and args[0] == "report":
+            from mnist_lit import report
+
+            return report.main(args[1:])
         from mnist_lit import cli
 
         cli.main(argv)

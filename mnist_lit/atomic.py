@@ -5,18 +5,24 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 
-def write_text(path: str | Path, text: str) -> None:
+def write_bytes_from(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Let `write` fill a temporary file beside `path`, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        with open(tmp, "wb") as f:
+            write(f)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes_from(path, lambda f: f.write(text.encode()))
 
 
 def write_json(path: str | Path, data: Any) -> None:

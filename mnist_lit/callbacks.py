@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 import time
 from typing import Any
 
@@ -117,3 +118,23 @@ class RunRecorder(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+class InterruptNotice(Callback):
+    """On Ctrl-C, one line saying what was kept and how to continue (Lightning then exits with status 1)."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt) or not trainer.is_global_zero:
+            return
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+        last = str(Path(folder) / "last.ckpt") if folder and (Path(folder) / "last.ckpt").is_file() else ""
+        kept = f"{last} holds epoch {trainer.current_epoch}" if last else "no epoch finished, so no checkpoint"
+        args, skip = [], False
+        for arg in sys.argv[1:]:  # the same command without its --ckpt_path (given as one or two words)
+            if skip or arg.startswith("--ckpt_path"):
+                skip = arg == "--ckpt_path" and not skip
+                continue
+            args.append(arg)
+        again = " ".join(["python -m mnist_lit", *args, "--ckpt_path last"]) if last else "the same command"
+        print(f"\nInterrupted in epoch {trainer.current_epoch + 1}: {kept}; continue with: {again}",
+              file=sys.stderr, flush=True)

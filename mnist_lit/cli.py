@@ -7,6 +7,7 @@ On top of a stock `LightningCLI` it adds: bare config names (`--config cnn.yaml`
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import platform
@@ -25,10 +26,12 @@ from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 
-from mnist_lit import atomic
-from mnist_lit.callbacks import EpochLine, RunRecorder
+from mnist_lit import atomic, report
+from mnist_lit.callbacks import EpochLine, InterruptNotice, RunRecorder
 from mnist_lit.data import MNISTDataModule
+from mnist_lit.errors import UserError
 from mnist_lit.models import Tutorial, count_params
+from mnist_lit.models.base import read_checkpoint
 
 CONFIG_DIRS = (Path("configs"), Path(__file__).resolve().parent.parent / "configs")
 CONFIG_FLAGS = ("--config", "-c")
@@ -75,7 +78,8 @@ def quiet_lightning() -> None:
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     no_ads = logging.Filter()
-    no_ads.filter = lambda record: "litlogger" not in record.getMessage()
+    # the Tip advertises a service; the KeyboardInterrupt line is replaced by InterruptNotice's
+    no_ads.filter = lambda record: not any(s in record.getMessage() for s in ("litlogger", "Detected KeyboardInterrupt"))
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(no_ads)
 
@@ -119,18 +123,38 @@ class MnistCLI(LightningCLI):
         callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         given = config.get("callbacks") or []
         given = given if isinstance(given, list) else [given]
+        if config.get("enable_model_summary") is None:
+            config["enable_model_summary"] = False  # before_fit prints the Keras-style summary instead
         if config.get("default_root_dir") is None:
             config["default_root_dir"] = str(out)
         if config.get("logger") in (None, True):
             config["logger"] = CSVLogger(out, name="logs")
         if config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
-            # last.ckpt every epoch for resuming; the tested model is saved as model.ckpt after fit
-            callbacks.append(ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0, enable_version_counter=False))
+            # last.ckpt after every epoch, for resuming (Lightning 2.6 writes save_last's file at an epoch
+            # end only alongside a top-k file, so the single kept "top-k" file is named last.ckpt instead);
+            # the tested model is saved as model.ckpt after fit
+            callbacks.append(ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, enable_version_counter=False))
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
             callbacks.append(EpochLine())
-        callbacks.append(RunRecorder())
+        callbacks += [RunRecorder(), InterruptNotice()]
         self.save_config_kwargs["output_dir"] = str(out)
         return self._instantiate_trainer(config, callbacks)
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads --ckpt_path's hyperparameters (model class included) while parsing; a file that
+        # is not an mnist_lit checkpoint must fail here in one line, not in torch.load's traceback
+        given = self.config.get("subcommand") and self.config[self.config.subcommand].get("ckpt_path")
+        if given and given not in ("last", "best", "hpc"):
+            checkpoint = read_checkpoint(given)
+            if "_class_path" not in checkpoint.get("hyper_parameters", {}):
+                raise UserError(f"{given}: records no model class (not saved by this CLI); it holds a "
+                                f"{checkpoint['mnist_lit']['tutorial']} model: load it with "
+                                "mnist_lit.models.TUTORIALS[name].load_from_checkpoint")
+        super()._parse_ckpt_path()
+
+    def before_fit(self) -> None:
+        if self.trainer.is_global_zero:  # Keras' model.summary(), in place of Lightning's table
+            print(report.keras_summary(self.model.net, self.model.name), flush=True)
 
     def after_fit(self) -> None:
         """Keras' `evaluate` after `fit`: test the final weights, save them, write metrics.json."""
@@ -146,6 +170,9 @@ class MnistCLI(LightningCLI):
         if trainer.is_global_zero:
             atomic.write_json(out / "metrics.json", self.run_summary(results))
             print(f"Saved {out / 'model.ckpt'} and {out / 'metrics.json'}", flush=True)
+            images, labels = self.datamodule.test_set()
+            figures = report.write_report(out, copy.deepcopy(model.net).cpu(), images, labels)
+            print("Figures: " + ", ".join(str(p) for p in figures), flush=True)
 
     def after_test(self) -> None:
         self.print_evaluation("test", self.trainer.callback_metrics)
@@ -159,13 +186,12 @@ class MnistCLI(LightningCLI):
         if not batches or not self.trainer.is_global_zero or self.trainer.world_size > 1:
             return  # under DDP each rank holds only its share; the CSV needs them all
         probs = torch.cat(batches)
-        labels = self.datamodule._splits["test"][1].cpu() if self.datamodule._splits else None
+        labels = self.datamodule.test_set()[1]
         confidence, predicted = probs.max(1)
         classes = self.model.classes
         lines = ["index,label,predicted,probability"]
         for i, (p, c) in enumerate(zip(predicted.tolist(), confidence.tolist())):
-            label = classes[int(labels[i])] if labels is not None else ""
-            lines.append(f"{i},{label},{classes[p]},{c:.6f}")
+            lines.append(f"{i},{classes[int(labels[i])]},{classes[p]},{c:.6f}")
         path = self.output_dir / "predictions.csv"
         atomic.write_text(path, "\n".join(lines) + "\n")
         print(f"Saved {len(probs)} predictions to {path}", flush=True)

@@ -199,6 +199,14 @@ def torchvision_root(dataset: str, source: Path, data_dir: Path) -> Path:
 # ---------------------------------------------------------------- batches
 
 
+def _counts_batches(trainer: L.Trainer) -> bool:
+    """Whether a Trainer flag counts training batches (limit_train_batches, val_check_interval,
+    fast_dev_run): then batches stay single, so the count means what the user meant."""
+    def everything(value) -> bool:  # Lightning reads 1.0 as "all" and the int 1 as "one batch"
+        return isinstance(value, float) and value == 1.0
+    return not (everything(trainer.limit_train_batches) and everything(trainer.val_check_interval))
+
+
 def is_group(batch) -> bool:
     """A group of (images, labels) batches (steps_per_execution > 1), not one collated [images, labels]."""
     return isinstance(batch, list) and bool(batch) and isinstance(batch[0], (tuple, list))
@@ -279,7 +287,8 @@ class MNISTDataModule(L.LightningDataModule):
         num_workers: DataLoader workers for the torchvision loader.
         steps_per_execution: optimizer steps per Lightning batch with the memory loader, like Keras'
             `steps_per_execution` (same updates, fewer trips through Lightning's loop); 0 picks about
-            1024 samples per Lightning batch. Counts such as `limit_train_batches` then count groups.
+            1024 samples per Lightning batch. Off when limit_train_batches / val_check_interval /
+            fast_dev_run count batches, or gradient clipping / accumulation need Lightning's automatic loop.
         eval_batch_size: batch size for validation, test and predict.
         download: try torchvision's download when no local copy is found.
         seed: seeds the hold-out split and the per-epoch shuffle.
@@ -344,6 +353,13 @@ class MNISTDataModule(L.LightningDataModule):
             self._tv["val"] = test
         self._tv.update(train=train, test=test)
 
+    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 10,000 test images (uint8, N x 1 x 28 x 28) and labels, on the CPU, in file order."""
+        if "test" in self._splits:
+            images, labels = self._splits["test"]
+            return images.cpu(), labels.cpu()
+        return load_split(self.source, "test")
+
     # ------------------------------------------------------------ loaders
 
     def _loader(self, split: str, train: bool):
@@ -358,8 +374,9 @@ class MNISTDataModule(L.LightningDataModule):
         epoch = (lambda: trainer.current_epoch) if trainer else (lambda: 0)
         images, labels = self._splits[split]
         k = (self.hparams.steps_per_execution or max(1, 1024 // bs)) if train else 1
-        if trainer is None or getattr(trainer.lightning_module, "automatic_optimization", True):
-            k = 1  # groups only for our manual loop (no clipping / accumulation), not for hand-written loops
+        if trainer is None or getattr(trainer.lightning_module, "automatic_optimization", True) \
+                or _counts_batches(trainer):
+            k = 1  # groups only for our manual loop, and never when the user counts batches
         return TensorBatches(images, labels, bs, shuffle=train, seed=hp.seed, epoch=epoch, rank=rank, world=world,
                              steps_per_execution=k)
 

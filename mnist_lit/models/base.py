@@ -6,6 +6,7 @@ Each tutorial is a subclass that hands its plain `nn.Module` (the network a user
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -16,6 +17,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mnist_lit.data import DATASETS, DatasetName, is_group
+from mnist_lit.errors import UserError
 
 Optimizer = Literal["rmsprop", "adam", "sgd"]
 
@@ -30,6 +32,25 @@ def keras_init(net: nn.Module) -> None:
 
 def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load an mnist_lit checkpoint with `weights_only=True`, or say in one line why it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle of another kind, random bytes...
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise UserError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {detail})") from None
+    if not isinstance(checkpoint, dict) or "mnist_lit" not in checkpoint or "state_dict" not in checkpoint:
+        raise UserError(f"{path}: not an mnist_lit checkpoint (no model metadata in it)")
+    return checkpoint
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite."""
 
 
 class Tutorial(L.LightningModule):
@@ -105,10 +126,15 @@ class Tutorial(L.LightningModule):
         pass
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self.automatic_optimization:
-            return self._step(batch, "train")
+        if self.automatic_optimization:  # also outside a Trainer: just the loss
+            loss = self._step(batch, "train")
+            if self._trainer is not None:
+                self._check_finite([loss.detach()], self.trainer.global_step)
+            return loss
+        first_step = self.trainer.global_step
         optimizer = self.optimizers()
         max_steps = self.trainer.max_steps
+        losses = []
         for micro in batch if is_group(batch) else [batch]:
             if 0 < max_steps <= self.trainer.global_step:
                 break
@@ -116,7 +142,26 @@ class Tutorial(L.LightningModule):
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()  # counts the step (max_steps, checkpoints) and applies precision plugins
+            losses.append(loss.detach())
+        self._check_finite(losses, first_step)
         return loss
+
+    def _check_finite(self, losses: list[torch.Tensor], first_step: int) -> None:
+        """Stop at the first NaN/inf loss: one host sync per group of steps, all ranks stop together.
+
+        It raises before ModelCheckpoint's epoch-end save, so last.ckpt keeps the last good epoch.
+        """
+        bad = ~torch.isfinite(torch.stack(losses))
+        flags = torch.cat([bad.any().float().view(1), bad.float()])
+        if self.trainer.world_size > 1:  # so no rank waits in a collective for one that stopped
+            flags = self.trainer.strategy.reduce(flags, reduce_op="sum")
+        if flags[0] > 0:
+            index = int(flags[1:].nonzero()[0]) if flags[1:].any() else 0
+            value = losses[index].item() if bad.any() else float("nan")
+            raise TrainingDiverged(
+                f"training loss became {value} at step {first_step + index + 1} (epoch {self.current_epoch + 1}); "
+                "stopped, and last.ckpt still holds the last finished epoch"
+            )
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # logging on the epoch's last batch (not in on_train_epoch_end) lets callbacks read the train

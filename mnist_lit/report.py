@@ -1,0 +1,198 @@
+"""What a person looks at after training: a Keras-style summary, curves, confusion matrix, worst mistakes.
+
+`python -m mnist_lit report checkpoints/<tutorial>` (re)draws the figures from what the run logged
+(metrics.json, and model.ckpt for the misclassified grid), headless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnist_lit import atomic
+from mnist_lit.errors import UserError
+
+
+# ---------------------------------------------------------------- model.summary()
+
+
+def keras_summary(net: nn.Module, name: str, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> str:
+    """Layer, output shape and parameters of each leaf layer, with Keras' totals."""
+    rows: list[tuple[str, str, int]] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: rows.append(
+        (type(m).__name__, str((None, *o.shape[1:])), sum(p.numel() for p in m.parameters(recurse=False)))))
+        for m in net.modules() if not list(m.children())]
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(input_shape, device=next(net.parameters()).device))
+    finally:
+        net.train(was_training)
+        for h in hooks:
+            h.remove()
+    total = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    width = (28, 22, 10)
+    rule = "-" * sum(width)
+    lines = [f'Model: "{name}"', rule,
+             f"{'Layer (type)':<{width[0]}}{'Output Shape':<{width[1]}}{'Param #':>{width[2]}}", rule]
+    lines += [f"{kind:<{width[0]}}{shape:<{width[1]}}{params:>{width[2]},}" for kind, shape, params in rows]
+    lines += [rule, f"Total params: {total:,}", f"Trainable params: {trainable:,}",
+              f"Non-trainable params: {total - trainable:,}", rule]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path):
+    """Loss and accuracy per epoch, training against validation, in one figure."""
+    plt = _pyplot()
+    epochs = [e["epoch"] for e in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, metric in zip(axes, ("loss", "acc")):
+        for stage, style in (("train", "o-"), ("val", "s--")):
+            key = f"{stage}_{metric}"
+            if any(key in e for e in history):
+                xs = [e["epoch"] for e in history if key in e]
+                ax.plot(xs, [e[key] for e in history if key in e], style,
+                        label="training" if stage == "train" else "validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("cross-entropy loss" if metric == "loss" else "accuracy")
+        ax.set_title("Loss" if metric == "loss" else "Accuracy")
+        ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: math.ceil(len(epochs) / 20)])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+    return fig
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, accuracy: float | None = None):
+    """Counts of true class (rows) against predicted class (columns), per-class recall on the left."""
+    plt = _pyplot()
+    cm = torch.tensor(matrix, dtype=torch.float64)
+    recall = (cm.diag() / cm.sum(1).clamp(min=1)).tolist()
+    fig, ax = plt.subplots(figsize=(8.5, 7.5), constrained_layout=True)
+    image = ax.imshow((cm / cm.sum(1, keepdim=True).clamp(min=1)).numpy(), cmap="Blues", vmin=0, vmax=1)
+    n = len(classes)
+    for i in range(n):
+        for j in range(n):
+            count = int(cm[i, j])
+            if count:
+                share = count / max(cm[i].sum().item(), 1)
+                ax.text(j, i, f"{count}", ha="center", va="center", fontsize=8,
+                        color="white" if share > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=45 if max(map(len, classes)) > 2 else 0, ha="right")
+    ax.set_yticks(range(n), [f"{c} ({r:.1%})" for c, r in zip(classes, recall)])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (per-class accuracy)")
+    title = "Confusion matrix on the test set"
+    ax.set_title(f"{title}: accuracy {accuracy:.2%}" if accuracy is not None else title)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    _save(fig, path)
+    return fig
+
+
+def plot_misclassified(images: torch.Tensor, true: list[str], predicted: list[str], probs: list[float], path: Path):
+    """A grid of test images the model got wrong, most confident first: `true -> predicted (p)`."""
+    plt = _pyplot()
+    n = len(images)
+    cols = min(6, max(n, 1))
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows), constrained_layout=True, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k].squeeze(0).numpy(), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{true[k]} \u2192 {predicted[k]}\n({probs[k]:.1%})", fontsize=9)
+    fig.suptitle("Most confident mistakes on the test set (true \u2192 predicted, probability)" if n
+                 else "No mistakes on the test set")
+    _save(fig, path)
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    atomic.write_bytes_from(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    _pyplot().close(fig)
+
+
+# ---------------------------------------------------------------- mistakes
+
+
+@torch.no_grad()
+def worst_mistakes(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, k: int = 24, batch: int = 2000):
+    """Indices, predictions and probabilities of the k most confidently wrong images."""
+    net.eval()
+    probs = torch.cat([net(images[i:i + batch].float() / 255).softmax(1) for i in range(0, len(images), batch)])
+    confidence, predicted = probs.max(1)
+    wrong = (predicted != labels).nonzero().flatten()
+    order = wrong[confidence[wrong].argsort(descending=True)][:k]
+    return order, predicted[order], confidence[order]
+
+
+def write_report(folder: Path, model: nn.Module | None = None, images: torch.Tensor | None = None,
+                 labels: torch.Tensor | None = None) -> list[Path]:
+    """Draw every figure the logged files allow; returns the paths written."""
+    metrics_path = folder / "metrics.json"
+    if not metrics_path.is_file():
+        raise UserError(f"{folder}: no metrics.json to report on (train with fit, or point at checkpoints/<tutorial>)")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{metrics_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    classes = list(metrics.get("per_class_acc") or [str(d) for d in range(10)])
+    written = []
+    if metrics.get("history"):
+        plot_curves(metrics["history"], folder / "curves.png")
+        written.append(folder / "curves.png")
+    if metrics.get("confusion_matrix"):
+        plot_confusion(metrics["confusion_matrix"], classes, folder / "confusion_matrix.png", metrics.get("test_acc"))
+        written.append(folder / "confusion_matrix.png")
+    if model is not None and images is not None and labels is not None:
+        idx, predicted, confidence = worst_mistakes(model, images, labels)
+        plot_misclassified(images[idx].cpu(), [classes[int(labels[i])] for i in idx],
+                           [classes[int(p)] for p in predicted], confidence.tolist(), folder / "misclassified.png")
+        written.append(folder / "misclassified.png")
+    return written
+
+
+def main(argv: list[str]) -> int:
+    """`python -m mnist_lit report FOLDER`: redraw the figures of a run from its logged files."""
+    from mnist_lit.data import load_split, locate
+    from mnist_lit.models import TUTORIALS
+    from mnist_lit.models.base import read_checkpoint
+
+    parser = argparse.ArgumentParser(prog="python -m mnist_lit report", description=main.__doc__.split(": ", 1)[1])
+    parser.add_argument("folder", type=Path, help="a run's output folder, e.g. checkpoints/cnn")
+    parser.add_argument("--data_dir", default="data", help="where to look for the test images first")
+    args = parser.parse_args(argv)
+    folder = args.folder
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    model = images = labels = None
+    if (folder / "model.ckpt").is_file():
+        checkpoint = read_checkpoint(folder / "model.ckpt")
+        meta = checkpoint["mnist_lit"]
+        model = TUTORIALS[meta["tutorial"]](**{k: v for k, v in checkpoint["hyper_parameters"].items()
+                                              if not k.startswith("_")})
+        model.load_state_dict(checkpoint["state_dict"], strict=False)
+        images, labels = load_split(locate(meta["dataset"], args.data_dir), "test")
+    for path in write_report(folder, model.net if model is not None else None, images, labels):
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,129 @@
+"""Runs that are killed, interrupted, diverge, resume, repeat, or train in two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_cli import REPO, fit, run
+
+
+def cli_process(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mnist_lit", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(data_root: Path, tmp_path: Path):
+    common = ["fit", "--config", "cnn", "--data.data_dir", str(data_root), "--trainer.max_epochs", "80"]
+    assert fit("cnn", data_root, tmp_path / "whole", "--trainer.max_epochs", "80") == 0
+    out = tmp_path / "killed"
+    proc = cli_process(*common, "--output_dir", str(out))
+    wait_for(out / "last.ckpt", proc)
+    time.sleep(0.5)  # inside a later epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists(), "the kill came too late to test anything"
+    torch.load(out / "last.ckpt", weights_only=True)  # whatever the moment of the kill: a whole file
+    assert fit("cnn", data_root, out, "--trainer.max_epochs", "80", "--ckpt_path", "last") == 0
+    whole, resumed = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))
+    assert resumed["steps"] == whole["steps"] and resumed["epochs"] == 80
+    # no dropout and an epoch-seeded data order: resuming from an epoch boundary changes nothing
+    assert (resumed["test_acc"], resumed["test_loss"]) == (whole["test_acc"], whole["test_loss"])
+
+
+def test_ctrl_c_stops_with_one_line(data_root: Path, tmp_path: Path):
+    out = tmp_path / "o"
+    proc = cli_process("fit", "--config", "cnn", "--data.data_dir", str(data_root), "--output_dir", str(out),
+                       "--trainer.max_epochs", "200")
+    wait_for(out / "last.ckpt", proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err and "KeyboardInterrupt" not in err
+    # Lightning's usual start-up lines (seed, GPU/TPU), then exactly one line about the interruption
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("Seed set", "GPU", "TPU"))]
+    assert len(lines) == 1 and lines[0].startswith("Interrupted in epoch ")
+    assert f"{out / 'last.ckpt'} holds epoch " in lines[0] and lines[0].endswith("--ckpt_path last")
+    torch.load(out / "last.ckpt", weights_only=True)
+
+
+def test_nan_loss_stops_at_its_step(data_root: Path, tmp_path: Path, capsys):
+    assert fit("softmax_regression", data_root, tmp_path, "--model.init_args.lr", "1e38") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mnist_lit: error: training loss became ")
+    assert " at step " in err and "(epoch 1)" in err
+    assert not (tmp_path / "last.ckpt").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_same_seed_same_result(data_root: Path, tmp_path: Path):
+    for name in ("a", "b"):  # tiny_mlp has dropout: the seed must cover it too
+        assert fit("tiny_mlp", data_root, tmp_path / name, "--trainer.max_epochs", "2",
+                   "--trainer.deterministic", "true") == 0
+    a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in "ab")
+    assert (a["test_acc"], a["test_loss"], a["history"][-1]["train_loss"]) == \
+           (b["test_acc"], b["test_loss"], b["history"][-1]["train_loss"])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "no such checkpoint file"),
+    (lambda p: p.write_text("weights: 1\n"), "not a readable checkpoint (UnpicklingError: Weights only load failed"),
+    (lambda p: torch.save({"state_dict": {}}, p), "not an mnist_lit checkpoint"),
+])
+def test_bad_checkpoints_are_one_line(make, message, tmp_path: Path, capsys):
+    path = tmp_path / "model.ckpt"
+    make(path)
+    assert run("test", "--config", "cnn", "--ckpt_path", str(path)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mnist_lit: error: {path}: {message}") and err.count("\n") == 1
+
+
+def test_truncated_and_foreign_checkpoints(data_root: Path, tmp_path: Path, capsys):
+    assert fit("dense512", data_root, tmp_path, "--trainer.max_epochs", "1") == 0
+    capsys.readouterr()
+    # the checkpoint names its class, and Lightning builds that class: a dense512 test, not a crash
+    assert run("test", "--config", "cnn", "--data.data_dir", str(data_root), "--output_dir", str(tmp_path / "t"),
+               "--ckpt_path", str(tmp_path / "model.ckpt")) == 0
+    assert "Test: loss: " in capsys.readouterr().out
+    # a checkpoint without its class (saved outside the CLI): named in one line, not a parser dump
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    del checkpoint["hyper_parameters"]["_class_path"]
+    torch.save(checkpoint, tmp_path / "classless.ckpt")
+    assert run("test", "--config", "cnn", "--data.data_dir", str(data_root), "--ckpt_path",
+               str(tmp_path / "classless.ckpt")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "classless.ckpt: records no model class" in err and "a dense512 model" in err
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes((tmp_path / "model.ckpt").read_bytes()[:5000])
+    assert run("test", "--config", "dense512", "--ckpt_path", str(cut)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mnist_lit: error: {cut}: not a readable checkpoint") and err.count("\n") == 1
+
+
+def test_two_processes_split_each_epoch(data_root: Path, tmp_path: Path):
+    proc = cli_process("fit", "--config", "tiny_mlp", "--data.data_dir", str(data_root), "--output_dir",
+                       str(tmp_path), "--trainer.max_epochs", "3", "--trainer.strategy", "ddp",
+                       "--trainer.devices", "2", "--trainer.accelerator", "cpu")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert metrics["steps"] == 3 * 10  # 640 samples, batch 32: 20 steps an epoch alone, 10 on each of 2 ranks
+    assert metrics["test_samples"] == 200  # the test set split over the ranks, counted once
+    assert metrics["test_acc"] > 0.5

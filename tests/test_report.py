@@ -1,0 +1,85 @@
+"""The figures show the logged numbers, name Fashion-MNIST's classes, and `report` redraws them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_lit import report
+from mnist_lit.data import DATASETS
+from mnist_lit.models import TUTORIALS
+from tests.test_cli import fit, run
+from tests.test_models import KERAS_PARAMS
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+def test_summary_totals_equal_keras(name: str):
+    text = report.keras_summary(TUTORIALS[name]().net, name)
+    assert f"Total params: {KERAS_PARAMS[name]:,}" in text and f'Model: "{name}"' in text
+    layer_params = [int(line.split()[-1].replace(",", "")) for line in text.splitlines()
+                    if line.split() and line.split()[0] in ("Linear", "Conv2d")]
+    assert sum(layer_params) == KERAS_PARAMS[name]
+
+
+def test_cnn_summary_shapes_follow_keras():
+    text = report.keras_summary(TUTORIALS["cnn"]().net, "cnn")
+    assert "(None, 32, 26, 26)" in text and "(None, 64, 1, 1)" in text and "(None, 500)" in text
+
+
+def test_curves_plot_the_logged_values(tmp_path: Path):
+    history = [{"epoch": 1, "train_loss": 0.9, "train_acc": 0.7, "val_loss": 0.5, "val_acc": 0.8},
+               {"epoch": 2, "train_loss": 0.4, "train_acc": 0.85, "val_loss": 0.45, "val_acc": 0.83},
+               {"epoch": 3, "train_loss": 0.3, "train_acc": 0.9, "val_loss": 0.47, "val_acc": 0.84}]
+    fig = report.plot_curves(history, tmp_path / "curves.png")
+    loss_ax, acc_ax = fig.axes
+    plotted = {(ax.get_title(), line.get_label()): list(line.get_ydata()) for ax in fig.axes for line in ax.lines}
+    assert plotted[("Loss", "training")] == [0.9, 0.4, 0.3] and plotted[("Loss", "validation")] == [0.5, 0.45, 0.47]
+    assert plotted[("Accuracy", "training")] == [0.7, 0.85, 0.9] and plotted[("Accuracy", "validation")] == [0.8, 0.83, 0.84]
+    assert list(loss_ax.lines[0].get_xdata()) == [1, 2, 3] and loss_ax.get_xlabel() == "epoch"
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curves_without_validation_have_training_only(tmp_path: Path):
+    fig = report.plot_curves([{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5}], tmp_path / "c.png")
+    assert [line.get_label() for line in fig.axes[0].lines] == ["training"]
+
+
+def test_confusion_matrix_names_fashion_classes(tmp_path: Path):
+    classes = list(DATASETS["fashion_mnist"].classes)
+    matrix = torch.eye(10, dtype=torch.long).mul(90).add(1).tolist()
+    fig = report.plot_confusion(matrix, classes, tmp_path / "cm.png", accuracy=0.9)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == classes
+    assert ax.get_yticklabels()[9].get_text() == "Ankle boot (91.0%)"  # 91 of 100 right
+    assert {t.get_text() for t in ax.texts} == {"91", "1"}
+
+
+def test_report_redraws_a_run_and_refuses_an_empty_folder(data_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    assert fit("fashion_mlp", data_root, out, "--trainer.max_epochs", "2") == 0
+    for figure in ("curves.png", "confusion_matrix.png", "misclassified.png"):
+        (out / figure).unlink()
+    capsys.readouterr()
+    assert run("report", str(out), "--data_dir", str(data_root)) == 0
+    assert capsys.readouterr().out.count("wrote ") == 3
+    for figure in ("curves.png", "confusion_matrix.png", "misclassified.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [e["epoch"] for e in history] == [1, 2]
+    (tmp_path / "empty").mkdir()
+    assert run("report", str(tmp_path / "empty")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no metrics.json to report on" in err
+
+
+def test_worst_mistakes_are_wrong_and_most_confident_first():
+    torch.manual_seed(0)
+    net = TUTORIALS["dense512"]().net
+    images = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (300,))
+    idx, predicted, confidence = report.worst_mistakes(net, images, labels, k=10)
+    assert len(idx) == 10 and bool((predicted != labels[idx]).all())
+    assert confidence.tolist() == sorted(confidence.tolist(), reverse=True)

@@ -61,8 +61,9 @@ def _pyplot():
     return plt
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path):
-    """Loss and accuracy per epoch, training against validation, in one figure."""
+def plot_curves(history: list[dict[str, Any]], path: Path, test: dict[str, float] | None = None):
+    """Loss and accuracy per epoch, training against validation, in one figure; the final test
+    loss and accuracy (`test`: test_loss, test_acc) as dashed reference lines."""
     plt = _pyplot()
     epochs = [e["epoch"] for e in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -73,6 +74,9 @@ def plot_curves(history: list[dict[str, Any]], path: Path):
                 xs = [e["epoch"] for e in history if key in e]
                 ax.plot(xs, [e[key] for e in history if key in e], style,
                         label="training" if stage == "train" else "validation")
+        if test and f"test_{metric}" in test:
+            value = test[f"test_{metric}"]
+            ax.axhline(value, color="gray", linestyle=":", label=f"test after training ({value:.4f})")
         ax.set_xlabel("epoch")
         ax.set_ylabel("cross-entropy loss" if metric == "loss" else "accuracy")
         ax.set_title("Loss" if metric == "loss" else "Accuracy")
@@ -159,7 +163,7 @@ def write_report(folder: Path, model: nn.Module | None = None, images: torch.Ten
     classes = list(metrics.get("per_class_acc") or [str(d) for d in range(10)])
     written = []
     if metrics.get("history"):
-        plot_curves(metrics["history"], folder / "curves.png")
+        plot_curves(metrics["history"], folder / "curves.png", metrics)
         written.append(folder / "curves.png")
     if metrics.get("confusion_matrix"):
         plot_confusion(metrics["confusion_matrix"], classes, folder / "confusion_matrix.png", metrics.get("test_acc"))

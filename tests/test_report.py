@@ -42,9 +42,12 @@ def test_curves_plot_the_logged_values(tmp_path: Path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_curves_without_validation_have_training_only(tmp_path: Path):
-    fig = report.plot_curves([{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5}], tmp_path / "c.png")
-    assert [line.get_label() for line in fig.axes[0].lines] == ["training"]
+def test_curves_without_validation_show_training_and_the_test_result(tmp_path: Path):
+    fig = report.plot_curves([{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5}], tmp_path / "c.png",
+                             {"test_loss": 0.8, "test_acc": 0.6})
+    loss_ax, acc_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.lines] == ["training", "test after training (0.8000)"]
+    assert list(acc_ax.lines[1].get_ydata()) == [0.6, 0.6]
 
 
 def test_confusion_matrix_names_fashion_classes(tmp_path: Path):

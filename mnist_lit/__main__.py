@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -14,10 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     verbose = os.environ.get("MNIST_LIT_VERBOSE") == "1"
     try:
         args = sys.argv[1:] if argv is None else argv
-        if args and args[0] == "report":
-            from mnist_lit import report
-
-            return report.main(args[1:])
+        if args and args[0] in ("report", "export"):
+            module = importlib.import_module(f"mnist_lit.{args[0]}")
+            return module.main(args[1:])
         from mnist_lit import cli
 
         cli.main(argv)

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 
-from mnist_lit import atomic, report
+from mnist_lit import atomic, export, report
 from mnist_lit.callbacks import EpochLine, InterruptNotice, RunRecorder
 from mnist_lit.data import MNISTDataModule
 from mnist_lit.errors import UserError
@@ -173,6 +173,8 @@ class MnistCLI(LightningCLI):
             images, labels = self.datamodule.test_set()
             figures = report.write_report(out, copy.deepcopy(model.net).cpu(), images, labels)
             print("Figures: " + ", ".join(str(p) for p in figures), flush=True)
+            scripted = export.export(out / "model.ckpt", "torchscript", out / "model.pt")
+            print(f"TorchScript model for torch.jit.load: {scripted}", flush=True)
 
     def after_test(self) -> None:
         self.print_evaluation("test", self.trainer.callback_metrics)

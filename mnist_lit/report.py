@@ -179,8 +179,7 @@ def write_report(folder: Path, model: nn.Module | None = None, images: torch.Ten
 def main(argv: list[str]) -> int:
     """`python -m mnist_lit report FOLDER`: redraw the figures of a run from its logged files."""
     from mnist_lit.data import load_split, locate
-    from mnist_lit.models import TUTORIALS
-    from mnist_lit.models.base import read_checkpoint
+    from mnist_lit.export import load_checkpoint_model
 
     parser = argparse.ArgumentParser(prog="python -m mnist_lit report", description=main.__doc__.split(": ", 1)[1])
     parser.add_argument("folder", type=Path, help="a run's output folder, e.g. checkpoints/cnn")
@@ -189,14 +188,10 @@ def main(argv: list[str]) -> int:
     folder = args.folder
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder")
-    model = images = labels = None
+    net = images = labels = None
     if (folder / "model.ckpt").is_file():
-        checkpoint = read_checkpoint(folder / "model.ckpt")
-        meta = checkpoint["mnist_lit"]
-        model = TUTORIALS[meta["tutorial"]](**{k: v for k, v in checkpoint["hyper_parameters"].items()
-                                              if not k.startswith("_")})
-        model.load_state_dict(checkpoint["state_dict"], strict=False)
+        net, meta = load_checkpoint_model(folder / "model.ckpt")
         images, labels = load_split(locate(meta["dataset"], args.data_dir), "test")
-    for path in write_report(folder, model.net if model is not None else None, images, labels):
+    for path in write_report(folder, net, images, labels):
         print(f"wrote {path}")
     return 0

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = os.environ.get("MNIST_LIT_VERBOSE") == "1"
     try:
         args = sys.argv[1:] if argv is None else argv
-        if args and args[0] in ("report", "export"):
+        if args and args[0] in ("report", "export", "classify"):
             module = importlib.import_module(f"mnist_lit.{args[0]}")
             return module.main(args[1:])
         from mnist_lit import cli

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from mnist_lit import data
 from tests.test_cli import fit
@@ -30,8 +32,33 @@ def test_softmax_regression_published_recipe(tmp_path: Path):
     assert metrics["steps"] == 2000 and metrics["test_acc"] >= 0.90
 
 
-def test_two_epochs_of_cnn(tmp_path: Path):
-    assert trained("cnn", tmp_path, "--trainer.max_epochs", "2")["test_acc"] >= 0.97  # 0.9772 measured
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory) -> tuple[dict, Path]:
+    tmp = tmp_path_factory.mktemp("cnn")
+    return trained("cnn", tmp, "--trainer.max_epochs", "2"), tmp / "out"
+
+
+def test_two_epochs_of_cnn(cnn_run):
+    assert cnn_run[0]["test_acc"] >= 0.97  # 0.9772 measured
+
+
+def test_digit_photos_need_mnist_framing(cnn_run, tmp_path: Path):
+    """Photos of unseen handwritten digits: the tutorial's recipe fails, MNIST framing works."""
+    from PIL import Image
+
+    from mnist_lit import classify
+    from tests.photos import write_photos
+
+    images, labels = data.load_split(data.REPO_DATA / "MNIST" / "raw", "test")
+    photos = write_photos(images, labels, tmp_path / "photos", count=200, seed=1)
+    model, meta = classify.load_model(cnn_run[1] / "model.pt")  # the TorchScript file fit wrote
+    ours = sum(classify.classify(model, meta, path)["index"] == label for path, label in photos) / len(photos)
+    naive_inputs = torch.stack([  # the TF2 tutorial's recipe: resize to 28x28, divide by 255
+        torch.from_numpy(np.asarray(Image.open(p).convert("L").resize((28, 28)), dtype=np.float32) / 255)[None]
+        for p, _ in photos])
+    naive = float((model(naive_inputs).argmax(1) == torch.tensor([y for _, y in photos])).float().mean())
+    print(f"digit photos: tutorial recipe {naive:.3f}, mnist_lit {ours:.3f}")
+    assert naive < 0.10 and ours >= 0.93
 
 
 def test_torchvision_loader_trains_as_well(tmp_path: Path):

@@ -1,0 +1,230 @@
+"""Classify real photos with any exported model: photo -> MNIST-style 28x28 -> class and probability.
+
+MNIST digits are light ink on black, the ink scaled to fit 20x20 and centred by centre of mass in 28x28.
+A photo of a digit is dark ink on light paper, anywhere in the frame, at any size: `to_mnist` undoes that.
+Fashion-MNIST keeps its own framing (the article scaled to fit 28x28, centred).
+
+    python -m mnist_lit classify --model checkpoints/cnn/model.pt photo.jpg more_photos/ [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mnist_lit.errors import UserError
+
+MAX_PIXELS = 50_000_000
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+MIN_SIDE = 8  # smaller than this cannot hold a legible digit
+
+
+class ImageError(Exception):
+    """This one file cannot be classified; the others still are."""
+
+
+# ---------------------------------------------------------------- images
+
+
+def load_gray(path: Path) -> np.ndarray:
+    """Any image file as a float32 grey array in [0, 255] (first frame of an animation)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"image of {width}x{height} is over {MAX_PIXELS // 1_000_000} megapixels")
+            image.seek(0)  # animated GIF / multi-page TIFF: the first frame
+            image.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"not an image ({e.__class__.__name__})" if isinstance(e, UnidentifiedImageError)
+                         else "image is too large (decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"unreadable image ({str(e).splitlines()[0] if str(e) else e.__class__.__name__})") from None
+    if min(image.size) < MIN_SIDE:
+        raise ImageError(f"image is {image.size[0]}x{image.size[1]} pixels, too small to hold a digit")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")  # transparent parts become white paper
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    if image.mode.startswith("I") or image.mode == "F":  # 16- or 32-bit grey: rescale to 0..255
+        array = np.asarray(image, dtype=np.float32)
+        low, high = float(array.min()), float(array.max())
+        return (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+    return np.asarray(image.convert("L"), dtype=np.float32)
+
+
+def _ink(gray: np.ndarray) -> np.ndarray:
+    """Ink as light on black, 0..1: inverted when the paper (the border) is lighter than the ink."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = float(np.median(border))
+    ink = background - gray if background > 127 else gray - background
+    ink = np.clip(ink, 0, None)
+    peak = float(ink.max())
+    if peak < 40:  # less contrast than this is paper texture or noise, not a digit
+        raise ImageError("no ink found (blank image)")
+    ink = ink / peak
+    return np.where(ink < 0.15, 0.0, ink)  # paper grain and shadows are not ink
+
+
+def _resize(ink: np.ndarray, height: int, width: int) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(ink, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0, 0]
+
+
+def _crop(ink: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(ink > 0.3)
+    return ink[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
+
+
+def to_mnist(gray: np.ndarray) -> torch.Tensor:
+    """A digit photo as MNIST draws it: 1 x 28 x 28 in [0, 1], ink fit to 20x20, centred by mass."""
+    ink = _crop(_ink(gray))
+    h, w = ink.shape
+    scale = 20.0 / max(h, w)
+    patch = _resize(ink, max(1, round(h * scale)), max(1, round(w * scale)))
+    ys, xs = torch.meshgrid(torch.arange(patch.shape[0]), torch.arange(patch.shape[1]), indexing="ij")
+    mass = patch.sum()
+    cy, cx = float((ys * patch).sum() / mass), float((xs * patch).sum() / mass)
+    top = min(max(round(14 - cy), 0), 28 - patch.shape[0])
+    left = min(max(round(14 - cx), 0), 28 - patch.shape[1])
+    out = torch.zeros(28, 28)
+    out[top: top + patch.shape[0], left: left + patch.shape[1]] = patch
+    return out.clamp(0, 1)[None]
+
+
+def to_fashion(gray: np.ndarray) -> torch.Tensor:
+    """A product photo as Fashion-MNIST frames it: light on black, longest side 28, centred."""
+    ink = _crop(_ink(gray))
+    h, w = ink.shape
+    scale = 28.0 / max(h, w)
+    patch = _resize(ink, max(1, round(h * scale)), max(1, round(w * scale)))
+    out = torch.zeros(28, 28)
+    top, left = (28 - patch.shape[0]) // 2, (28 - patch.shape[1]) // 2
+    out[top: top + patch.shape[0], left: left + patch.shape[1]] = patch
+    return out.clamp(0, 1)[None]
+
+
+# ---------------------------------------------------------------- models
+
+
+def load_model(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
+    """Any of the four model files as `images (N x 1 x 28 x 28) -> probabilities (N x 10)`, with its metadata."""
+    from mnist_lit import export
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".ckpt":
+            net, meta = export.load_checkpoint_model(path)
+            model = export.Probabilities(net).eval()
+            return _no_grad(model), export.metadata(meta)
+        files = {export.META_NAME: ""}
+        if suffix == ".pt":
+            with export.quiet_torchscript():
+                model = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+        elif suffix == ".pt2":
+            export_log = logging.getLogger("torch.export")
+            level = export_log.level
+            export_log.setLevel(logging.ERROR)  # a broken file is reported below in one line, not a logged traceback
+            try:
+                model = torch.export.load(str(path), extra_files=files).module()
+            finally:
+                export_log.setLevel(level)
+        elif suffix == ".onnx":
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            files[export.META_NAME] = session.get_modelmeta().custom_metadata_map.get(export.META_NAME, "")
+            model = lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])  # noqa: E731
+        else:
+            raise UserError(f"{path}: not a model file this reads (.ckpt, .pt, .pt2 or .onnx)")
+        meta = json.loads(files[export.META_NAME]) if files[export.META_NAME] else {}
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{path}: cannot load the model ({e.__class__.__name__}: {str(e).strip()[:120]})") from None
+    if len(meta.get("classes", [])) != 10:
+        raise UserError(f"{path}: no mnist_lit metadata (class names) inside; export it with python -m mnist_lit export")
+    return _no_grad(model), meta
+
+
+def _no_grad(model):
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+    return run
+
+
+# ---------------------------------------------------------------- command
+
+
+def image_files(arguments: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(path)  # named explicitly: tried whatever it is
+    return files
+
+
+def classify(model, meta: dict[str, Any], path: Path, save_dir: Path | None = None) -> dict[str, Any]:
+    if not path.is_file():
+        raise ImageError("no such file")
+    gray = load_gray(path)
+    frame = to_fashion if meta.get("dataset") == "fashion_mnist" else to_mnist
+    image = frame(gray)
+    if save_dir is not None:
+        from PIL import Image
+
+        save_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(save_dir / f"{path.stem}.png")
+    probs = model(image[None])[0]
+    index = int(probs.argmax())
+    return {"file": str(path), "class": meta["classes"][index], "index": index,
+            "probability": round(float(probs[index]), 6), "probabilities": [round(float(p), 6) for p in probs]}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mnist_lit classify", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a .ckpt, .pt (TorchScript), .pt2 or .onnx model file")
+    parser.add_argument("images", nargs="+", help="image files or folders of images")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--save-preprocessed", type=Path, metavar="DIR", help="write the 28x28 image the model saw")
+    args = parser.parse_args(argv)
+    model, meta = load_model(args.model)
+    files = image_files(args.images)
+    if not files:
+        raise UserError(f"no images in {' '.join(args.images)}")
+    failed = 0
+    for path in files:
+        try:
+            result = classify(model, meta, path, args.save_preprocessed)
+        except ImageError as e:
+            failed += 1
+            print(json.dumps({"file": str(path), "error": str(e)}) if args.json else f"{path}: error: {e}", flush=True)
+            continue
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            print(f"{path}: {result['class']} ({result['probability']:.3f})", flush=True)
+    if failed:
+        print(f"mnist_lit: {failed} of {len(files)} images could not be classified", file=sys.stderr)
+    return 1 if failed else 0

@@ -8,6 +8,7 @@ On top of a stock `LightningCLI` it adds: bare config names (`--config cnn.yaml`
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import os
 import platform
@@ -24,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mnist_lit import atomic, export, report
 from mnist_lit.callbacks import EpochLine, InterruptNotice, RunRecorder
@@ -128,7 +129,9 @@ class MnistCLI(LightningCLI):
         if config.get("default_root_dir") is None:
             config["default_root_dir"] = str(out)
         if config.get("logger") in (None, True):
-            config["logger"] = CSVLogger(out, name="logs")
+            config["logger"] = [CSVLogger(out, name="logs")]
+            if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+                config["logger"].append(TensorBoardLogger(out, name="tensorboard"))
         if config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
             # last.ckpt after every epoch, for resuming (Lightning 2.6 writes save_last's file at an epoch
             # end only alongside a top-k file, so the single kept "top-k" file is named last.ckpt instead);

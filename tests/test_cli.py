@@ -127,6 +127,17 @@ def test_steps_per_execution_changes_speed_not_results(data_root: Path, tmp_path
     assert results[0]["test_acc"] == results[1]["test_acc"]
 
 
+def test_compiled_model_trains_like_eager_and_saves_plain_names(data_root: Path, tmp_path: Path):
+    results = {}
+    for flag in ("false", "true"):
+        assert fit("dense512", data_root, tmp_path / flag, "--trainer.max_epochs", "1",
+                   "--model.init_args.compile", flag) == 0
+        results[flag] = json.loads((tmp_path / flag / "metrics.json").read_text())
+    assert abs(results["true"]["test_loss"] - results["false"]["test_loss"]) < 1e-3
+    keys = torch.load(tmp_path / "true" / "model.ckpt", weights_only=True)["state_dict"].keys()
+    assert sorted(keys) == ["net.1.bias", "net.1.weight", "net.3.bias", "net.3.weight"]
+
+
 def test_gradient_clipping_and_accumulation_train(data_root: Path, tmp_path: Path):
     # both need Lightning's automatic optimization; the fast manual path is used otherwise
     assert fit("tiny_mlp", data_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.gradient_clip_val", "0.5",

@@ -59,7 +59,8 @@ class Tutorial(L.LightningModule):
     name: ClassVar[str]
 
     def __init__(self, net: nn.Module, optimizer: Optimizer = "rmsprop", lr: PositiveFloat = 1e-3,
-                 loss_reduction: Literal["mean", "sum"] = "mean", dataset: DatasetName = "mnist") -> None:
+                 loss_reduction: Literal["mean", "sum"] = "mean", dataset: DatasetName = "mnist",
+                 compile: bool = False) -> None:
         """
         Args:
             net: the plain network (given by the subclass, not a CLI option).
@@ -67,6 +68,7 @@ class Tutorial(L.LightningModule):
             lr: learning rate.
             loss_reduction: "mean" cross-entropy over the batch (Keras), or "sum" (the TF1 tutorial).
             dataset: the data set trained on; linked from `data.dataset`, it names the classes in exports.
+            compile: run the network through `torch.compile` (needs a C compiler; the first steps compile).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -81,8 +83,13 @@ class Tutorial(L.LightningModule):
     def classes(self) -> tuple[str, ...]:
         return DATASETS[self.hparams.dataset].classes
 
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile and not hasattr(self, "_compiled"):
+            # kept outside the module tree: checkpoints and exports keep the plain network's names
+            object.__setattr__(self, "_compiled", torch.compile(self.net))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return getattr(self, "_compiled", self.net)(x)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cpu")
     args = parser.parse_args()
     quiet_lightning()
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # this script's own argv
     extra = ["--trainer.accelerator", args.accelerator, "--trainer.devices", "1"]
     rows = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, accelerator {args.accelerator}",
             "| config | mnist_lit s/epoch | plain PyTorch s/epoch | ratio | peak RSS of `fit` (MB) |",

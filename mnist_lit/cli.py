@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mnist_lit import atomic, export, report
@@ -85,6 +86,15 @@ def quiet_lightning() -> None:
         logging.getLogger(name).addFilter(no_ads)
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to a temporary file beside the checkpoint, then os.replace: a kill leaves the old file
+    or the new one. (Lightning's own save goes through fsspec, which writes in the system temp folder
+    and moves the file, a copy when that folder is on another file system.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+        atomic.write_bytes_from(path, lambda f: torch.save(checkpoint, f))
+
+
 class ConfigSaver(SaveConfigCallback):
     """Writes the resolved config of a `fit` to `<output_dir>/config.yaml`, replacing an older one."""
 
@@ -124,6 +134,8 @@ class MnistCLI(LightningCLI):
         callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         given = config.get("callbacks") or []
         given = given if isinstance(given, list) else [given]
+        if not config.get("plugins"):
+            config["plugins"] = [AtomicCheckpointIO()]
         if config.get("enable_model_summary") is None:
             config["enable_model_summary"] = False  # before_fit prints the Keras-style summary instead
         if config.get("default_root_dir") is None:

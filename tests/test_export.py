@@ -89,3 +89,14 @@ def test_export_command_and_its_bad_input(tmp_path: Path, capsys):
     assert run("export", str(tmp_path / "model.ckpt"), "--format", "tflite") == 2
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_checkpoint_whose_weights_are_another_network(tmp_path: Path, capsys):
+    make_checkpoint("cnn", tmp_path / "model.ckpt")
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    checkpoint["mnist_lit"]["tutorial"] = "dense512"  # says dense512, holds cnn weights
+    torch.save(checkpoint, tmp_path / "mislabelled.ckpt")
+    assert run("export", str(tmp_path / "mislabelled.ckpt")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mislabelled.ckpt: weights do not fit the dense512 network" in err
+    assert not (tmp_path / "mislabelled.pt").exists()

@@ -8,8 +8,6 @@ import sys
 
 from mnist_lit.errors import UserError
 
-USAGE = "usage: python -m mnist_lit {fit,validate,test,predict} --config configs/<tutorial>.yaml [options]"
-
 
 def main(argv: list[str] | None = None) -> int:
     verbose = os.environ.get("MNIST_LIT_VERBOSE") == "1"

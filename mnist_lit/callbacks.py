@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L

@@ -89,32 +89,35 @@ def _crop(ink: np.ndarray) -> np.ndarray:
     return ink[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
 
 
-def to_mnist(gray: np.ndarray) -> torch.Tensor:
-    """A digit photo as MNIST draws it: 1 x 28 x 28 in [0, 1], ink fit to 20x20, centred by mass."""
+def _fit(gray: np.ndarray, side: int) -> torch.Tensor:
+    """The ink, cropped and scaled so its longer side is `side` pixels, keeping the aspect ratio."""
     ink = _crop(_ink(gray))
     h, w = ink.shape
-    scale = 20.0 / max(h, w)
-    patch = _resize(ink, max(1, round(h * scale)), max(1, round(w * scale)))
+    scale = side / max(h, w)
+    return _resize(ink, max(1, round(h * scale)), max(1, round(w * scale)))
+
+
+def _paste(patch: torch.Tensor, top: int, left: int) -> torch.Tensor:
+    out = torch.zeros(28, 28)
+    out[top: top + patch.shape[0], left: left + patch.shape[1]] = patch
+    return out.clamp(0, 1)[None]
+
+
+def to_mnist(gray: np.ndarray) -> torch.Tensor:
+    """A digit photo as MNIST draws it: 1 x 28 x 28 in [0, 1], ink fit to 20x20, centred by mass."""
+    patch = _fit(gray, 20)
     ys, xs = torch.meshgrid(torch.arange(patch.shape[0]), torch.arange(patch.shape[1]), indexing="ij")
     mass = patch.sum()
     cy, cx = float((ys * patch).sum() / mass), float((xs * patch).sum() / mass)
     top = min(max(round(14 - cy), 0), 28 - patch.shape[0])
     left = min(max(round(14 - cx), 0), 28 - patch.shape[1])
-    out = torch.zeros(28, 28)
-    out[top: top + patch.shape[0], left: left + patch.shape[1]] = patch
-    return out.clamp(0, 1)[None]
+    return _paste(patch, top, left)
 
 
 def to_fashion(gray: np.ndarray) -> torch.Tensor:
     """A product photo as Fashion-MNIST frames it: light on black, longest side 28, centred."""
-    ink = _crop(_ink(gray))
-    h, w = ink.shape
-    scale = 28.0 / max(h, w)
-    patch = _resize(ink, max(1, round(h * scale)), max(1, round(w * scale)))
-    out = torch.zeros(28, 28)
-    top, left = (28 - patch.shape[0]) // 2, (28 - patch.shape[1]) // 2
-    out[top: top + patch.shape[0], left: left + patch.shape[1]] = patch
-    return out.clamp(0, 1)[None]
+    patch = _fit(gray, 28)
+    return _paste(patch, (28 - patch.shape[0]) // 2, (28 - patch.shape[1]) // 2)
 
 
 # ---------------------------------------------------------------- models

@@ -297,7 +297,8 @@ class MNISTDataModule(L.LightningDataModule):
     def __init__(self, dataset: DatasetName = "mnist", data_dir: str = "data", batch_size: PositiveInt = 128,
                  val: Literal["none", "holdout", "test"] = "none", val_size: PositiveInt = 5000,
                  loader: Literal["memory", "torchvision"] = "memory", num_workers: NonNegativeInt = 0,
-                 steps_per_execution: NonNegativeInt = 0, eval_batch_size: PositiveInt = 1000, download: bool = True, seed: int = 0) -> None:
+                 steps_per_execution: NonNegativeInt = 0, eval_batch_size: PositiveInt = 1000,
+                 download: bool = True, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.classes = DATASETS[dataset].classes

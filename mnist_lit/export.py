@@ -29,6 +29,11 @@ INPUT = "float32 N x 1 x 28 x 28, pixels / 255 in [0, 1], light ink on black (MN
 OUTPUT = "float32 N x 10 class probabilities (softmax)"
 
 
+def _any_batch() -> dict[int, Any]:
+    """Dimension 0 of the input is the batch, of any size N >= 1."""
+    return {0: torch.export.Dim("batch", min=1, max=1 << 20)}
+
+
 class Probabilities(nn.Module):
     """The tutorial's network followed by softmax: what Keras' `predict` returns."""
 
@@ -88,8 +93,7 @@ def export(checkpoint: str | Path, fmt: str = "torchscript", output: str | Path 
             scripted = torch.jit.script(model)
             atomic.write_bytes_from(output, lambda f: torch.jit.save(scripted, f, _extra_files={META_NAME: info}))
     elif fmt == "pt2":
-        batch = torch.export.Dim("batch", min=1, max=1 << 20)
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(model, (example,), dynamic_shapes=(_any_batch(),))
         atomic.write_bytes_from(output, lambda f: torch.export.save(program, f, extra_files={META_NAME: info}))
     else:
         _export_onnx(model, example, info, output)
@@ -106,7 +110,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, info: str, output: Pat
         with contextlib.redirect_stdout(sink):  # the exporter reports its steps on stdout
             program = torch.onnx.export(model, (example,), dynamo=True, input_names=["pixels"],
                                         output_names=["probabilities"],
-                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},))
+                                        dynamic_shapes=(_any_batch(),))
     proto = program.model_proto
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_NAME, info

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from mnist_lit.__main__ import main
 from mnist_lit.cli import MnistCLI, resolve_config, resolve_config_args
@@ -125,6 +126,36 @@ def test_steps_per_execution_changes_speed_not_results(data_root: Path, tmp_path
     assert results[0]["steps"] == results[1]["steps"] == 40
     assert [e["train_loss"] for e in results[0]["history"]] == [e["train_loss"] for e in results[1]["history"]]
     assert results[0]["test_acc"] == results[1]["test_acc"]
+
+
+class PathSpy(Callback):
+    """Records, per fit, whether the model steps straight through torch."""
+    direct: list[bool] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        type(self).direct.append(pl_module._direct_steps)
+
+
+class StepHook(Callback):
+    """A user callback on every optimizer step: it must still run, once per step."""
+    calls = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        type(self).calls += 1
+
+
+def test_user_step_hooks_still_run_and_the_direct_path_changes_no_update(data_root: Path, tmp_path: Path):
+    results = {}
+    spy = "--trainer.callbacks+=tests.test_cli.PathSpy"
+    for name, extra in (("direct", [spy]), ("hooked", [spy, "--trainer.callbacks+=tests.test_cli.StepHook"])):
+        PathSpy.direct.clear()
+        assert fit("tiny_mlp", data_root, tmp_path / name, "--trainer.max_epochs", "2", *extra) == 0
+        results[name] = (PathSpy.direct[0], json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert results["direct"][0] is True and results["hooked"][0] is False
+    assert StepHook.calls == 40 == results["hooked"][1]["steps"]
+    direct, hooked = results["direct"][1], results["hooked"][1]
+    assert [e["train_loss"] for e in direct["history"]] == [e["train_loss"] for e in hooked["history"]]
+    assert (direct["test_acc"], direct["test_loss"]) == (hooked["test_acc"], hooked["test_loss"])
 
 
 def test_compiled_model_trains_like_eager_and_saves_plain_names(data_root: Path, tmp_path: Path):

@@ -14,12 +14,20 @@ import torch
 import torch.nn.functional as F
 from jsonargparse.typing import PositiveFloat
 from torch import nn
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mnist_lit.data import DATASETS, DatasetName, is_group
 from mnist_lit.errors import UserError
 
 Optimizer = Literal["rmsprop", "adam", "sgd"]
+
+# hooks Lightning runs around each backward and optimizer step; when nothing overrides them, a step
+# straight through torch does the same work without Lightning's per-step dispatch
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
 def keras_init(net: nn.Module) -> None:
@@ -78,6 +86,7 @@ class Tutorial(L.LightningModule):
         self.confusion_matrix: torch.Tensor | None = None  # set after `test`, rows = true class
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
+        self._direct_steps = False  # set per fit in on_train_start
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -141,17 +150,44 @@ class Tutorial(L.LightningModule):
         first_step = self.trainer.global_step
         optimizer = self.optimizers()
         max_steps = self.trainer.max_steps
+        budget = max_steps - first_step if max_steps > 0 else None
+        direct = self._direct_steps
         losses = []
         for micro in batch if is_group(batch) else [batch]:
-            if 0 < max_steps <= self.trainer.global_step:
+            if budget is not None and len(losses) >= budget:
                 break
             loss = self._step(micro, "train")
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()  # counts the step (max_steps, checkpoints) and applies precision plugins
+            if direct:  # the same updates as below, without Lightning's per-step hook dispatch
+                optimizer._on_before_step()  # the manual loop's step counter (global_step, max_steps)
+                optimizer.optimizer.zero_grad()
+                loss.backward()
+                optimizer.optimizer.step()
+                optimizer._on_after_step()
+            else:
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                optimizer.step()  # counts the step and applies precision plugins and hooks
             losses.append(loss.detach())
         self._check_finite(losses, first_step)
         return loss
+
+    def on_train_start(self) -> None:
+        self._direct_steps = self._steps_need_no_lightning()
+
+    def _steps_need_no_lightning(self) -> bool:
+        """True when Lightning's backward and optimizer-step wrappers would add nothing but time.
+
+        That is one device, full precision or bf16 autocast (no gradient scaler), no profiler, and no
+        callback or module code hooked onto backward or the optimizer step. Otherwise every step goes
+        through `manual_backward` and `LightningOptimizer.step`, so those hooks run as usual.
+        """
+        trainer = self.trainer
+        plugin = trainer.precision_plugin
+        plain_precision = type(plugin) is Precision or (type(plugin) is MixedPrecision and plugin.scaler is None)
+        hooked = any(is_overridden(h, self, L.LightningModule) for h in (*STEP_HOOKS, "backward")) or any(
+            is_overridden(h, cb, L.Callback) for cb in trainer.callbacks for h in STEP_HOOKS)
+        return (type(trainer.strategy) is SingleDeviceStrategy and plain_precision
+                and isinstance(trainer.profiler, PassThroughProfiler) and not hooked)
 
     def _check_finite(self, losses: list[torch.Tensor], first_step: int) -> None:
         """Stop at the first NaN/inf loss: one host sync per group of steps, all ranks stop together.

@@ -1,10 +1,12 @@
 """Seconds per epoch: mnist_lit (the CLI's own classes and callbacks) against a plain PyTorch loop.
 
 Run by hand, not in the tests:  python benchmarks/train_speed.py [--configs cnn tiny_mlp] [--rounds 2]
+                                [-- any mnist_lit fit flags, e.g. --model.init_args.channels_last false]
 
 For each config, in one process, it alternates a `fit` built by the CLI (progress line, checkpointing
 and CSV logger on, as a user gets them) with a plain loop over the same data tensors, network, optimizer
-and batch size, `--rounds` times. An epoch is timed from the start of one epoch to the start of the
+and batch size (and the model's memory format, so the ratio is the cost of the framework alone),
+`--rounds` times. An epoch is timed from the start of one epoch to the start of the
 next (validation, checkpoint and logging included); the first epoch of each run is warm-up and dropped.
 Then it runs `python -m mnist_lit fit` for one epoch in a child process and reports its peak RSS
 (VmHWM, polled every 50 ms).
@@ -67,12 +69,14 @@ def lightning_epochs(config: str, epochs: int, extra: list[str], out: Path):
     return clock.epochs, cli
 
 
-def plain_epochs(cli, epochs: int) -> list[float]:
+def plain_epochs(cli, epochs: int, channels_last: bool) -> list[float]:
     """What a PyTorch user writes by hand: shuffle, slice, forward, loss, backward, step; metrics on device."""
     dm = cli.datamodule
     model = type(cli.model)(**{k: v for k, v in cli.model.hparams.items() if not k.startswith("_")})
     device = dm._splits["train"][0].device
     net = model.net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     opt = model.configure_optimizers()
     reduction = model.hparams.loss_reduction
     x_train, y_train = dm._splits["train"]
@@ -87,6 +91,8 @@ def plain_epochs(cli, epochs: int) -> list[float]:
         for i in range(0, len(order), bs):
             idx = order[i:i + bs]
             x, y = x_train[idx].float().div_(255), y_train[idx]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             logits = net(x)
             loss = F.cross_entropy(logits, y, reduction=reduction)
             opt.zero_grad()
@@ -99,6 +105,8 @@ def plain_epochs(cli, epochs: int) -> list[float]:
             with torch.no_grad():
                 for i in range(0, len(val[1]), ebs):
                     x, y = val[0][i:i + ebs].float().div_(255), val[1][i:i + ebs]
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
                     logits = net(x)
                     sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
                                          (logits.argmax(1) == y).sum().float(), torch.tensor(0.0, device=device)])
@@ -142,23 +150,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternations of mnist_lit and plain per config")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is warm-up")
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("fit_flags", nargs="*", help="after --: flags for both the timed fit and the RSS run")
     args = parser.parse_args()
     quiet_lightning()
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # this script's own argv
-    extra = ["--trainer.accelerator", args.accelerator, "--trainer.devices", "1"]
-    rows = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, accelerator {args.accelerator}",
-            "| config | mnist_lit s/epoch | plain PyTorch s/epoch | ratio | peak RSS of `fit` (MB) |",
-            "| --- | --- | --- | --- | --- |"]
+    extra = ["--trainer.accelerator", args.accelerator, "--trainer.devices", "1", *args.fit_flags]
+    rows = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, accelerator {args.accelerator}"
+            + (f", flags: {' '.join(args.fit_flags)}" if args.fit_flags else ""),
+            "| config | channels-last | mnist_lit s/epoch | plain PyTorch s/epoch | ratio "
+            "| plain PyTorch, default memory format | peak RSS of `fit` (MB) |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for config in args.configs:
-        ours, plain = [], []
+        ours, plain, plain_default = [], [], []
         with tempfile.TemporaryDirectory() as out:
             for _ in range(args.rounds):
                 epochs, cli = lightning_epochs(config, args.epochs, extra, Path(out))
                 ours += epochs[1:]
-                plain += plain_epochs(cli, args.epochs)[1:]
+                channels_last = cli.model._channels_last
+                plain += plain_epochs(cli, args.epochs, channels_last)[1:]
+                if channels_last:  # what a hand-written loop gets without it
+                    plain_default += plain_epochs(cli, args.epochs, False)[1:]
         a, b = statistics.median(ours), statistics.median(plain)
+        c = f"{statistics.median(plain_default):.3f}" if plain_default else "same"
         rss = peak_rss_mb(config, extra)
-        rows.append(f"| {config} | {a:.3f} | {b:.3f} | {a / b:.2f} | {rss:.0f} |")
+        rows.append(f"| {config} | {'on' if channels_last else 'off'} | {a:.3f} | {b:.3f} | {a / b:.2f} | {c} "
+                    f"| {rss:.0f} |")
     print("\n".join(rows))  # after the runs, so their epoch lines do not split the table
 
 

@@ -158,6 +158,32 @@ def test_user_step_hooks_still_run_and_the_direct_path_changes_no_update(data_ro
     assert (direct["test_acc"], direct["test_loss"]) == (hooked["test_acc"], hooked["test_loss"])
 
 
+class FormatSpy(Callback):
+    """Records, per fit, whether the network trains channels-last (flag, and the strides of a conv kernel
+    with more than one input channel, where the two layouts differ)."""
+    seen: list[tuple[bool, bool]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        kernels = [p for p in pl_module.net.parameters() if p.dim() == 4]
+        w = kernels[-1] if kernels else None
+        strided = w is not None and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+        type(self).seen.append((pl_module._channels_last, strided))
+
+
+def test_channels_last_is_on_for_the_cnn_on_cpu_and_changes_no_result(data_root: Path, tmp_path: Path):
+    FormatSpy.seen.clear()
+    spy = "--trainer.callbacks+=tests.test_cli.FormatSpy"
+    runs = {"auto": [], "off": ["--model.init_args.channels_last", "false"]}
+    for name, extra in runs.items():
+        assert fit("cnn", data_root, tmp_path / name, "--trainer.max_epochs", "1", spy, *extra) == 0
+    assert fit("dense512", data_root, tmp_path / "dense", "--trainer.max_epochs", "1", spy) == 0
+    assert FormatSpy.seen == [(True, True), (False, False), (False, False)]
+    auto, off = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in runs)
+    assert abs(auto["test_loss"] - off["test_loss"]) < 1e-4  # other kernels, the same arithmetic
+    saved = torch.load(tmp_path / "auto" / "model.ckpt", weights_only=True)["state_dict"]["net.0.weight"]
+    assert saved.shape == (32, 1, 3, 3)
+
+
 def test_compiled_model_trains_like_eager_and_saves_plain_names(data_root: Path, tmp_path: Path):
     results = {}
     for flag in ("false", "true"):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mnist_lit.models import TUTORIALS, CNN, SoftmaxRegression, TinyMLP, count_params
+from mnist_lit.optim import KerasAdam
 
 KERAS_PARAMS = {"dense512": 407_050, "cnn": 97_414, "tiny_mlp": 13_002, "fashion_mlp": 101_770,
                 "softmax_regression": 7_850}
@@ -69,9 +71,37 @@ def test_optimizer_matches_keras(name: str):
         assert isinstance(opt, torch.optim.RMSprop) and group["alpha"] == 0.9 and group["eps"] == 1e-7
         assert group["momentum"] == 0 and not group["centered"]
     elif optimizer == "adam":
-        assert isinstance(opt, torch.optim.Adam) and group["eps"] == 1e-7 and group["betas"] == (0.9, 0.999)
+        assert isinstance(opt, KerasAdam) and group["eps"] == 1e-7 and group["betas"] == (0.9, 0.999)
     else:
         assert type(opt) is torch.optim.SGD and group["momentum"] == 0
+
+
+def keras_adam_reference(w: np.ndarray, grads: list[np.ndarray], lr=1e-3, b1=0.9, b2=0.999, eps=1e-7):
+    """Keras 3's Adam update, written out from its formula in float64."""
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        w = w - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + eps)
+    return w
+
+
+def test_adam_takes_keras_steps_where_torch_adam_does_not():
+    torch.manual_seed(0)
+    w0 = torch.randn(1000, dtype=torch.float64)
+    # gradients from 1e-9 to 1: where eps matters and where it does not
+    grads = [torch.randn(1000, dtype=torch.float64) * torch.logspace(-9, 0, 1000, dtype=torch.float64)
+             for _ in range(30)]
+    results = {}
+    for cls in (KerasAdam, torch.optim.Adam):
+        w = w0.clone().requires_grad_()
+        opt = cls([w], lr=1e-3, eps=1e-7)
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        results[cls] = w.detach().numpy()
+    expected = keras_adam_reference(w0.numpy(), [g.numpy() for g in grads])
+    np.testing.assert_allclose(results[KerasAdam], expected, rtol=0, atol=1e-12)
+    assert np.abs(results[torch.optim.Adam] - expected).max() > 1e-5  # torch's own Adam is not Keras'
 
 
 def test_cnn_layers_in_keras_order():

@@ -22,6 +22,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mnist_lit.data import DATASETS, DatasetName, is_group
 from mnist_lit.errors import UserError
+from mnist_lit.optim import KerasAdam
 
 Optimizer = Literal["rmsprop", "adam", "sgd"]
 
@@ -72,7 +73,8 @@ class Tutorial(L.LightningModule):
         """
         Args:
             net: the plain network (given by the subclass, not a CLI option).
-            optimizer: "rmsprop" (Keras: rho 0.9, eps 1e-7), "adam" (eps 1e-7) or "sgd" (plain).
+            optimizer: "rmsprop" (Keras: rho 0.9, eps 1e-7), "adam" (eps 1e-7, added where Keras adds it)
+                or "sgd" (plain).
             lr: learning rate.
             loss_reduction: "mean" cross-entropy over the batch (Keras), or "sum" (the TF1 tutorial).
             dataset: the data set trained on; linked from `data.dataset`, it names the classes in exports.
@@ -251,7 +253,7 @@ class Tutorial(L.LightningModule):
         if hp.optimizer == "rmsprop":
             return torch.optim.RMSprop(self.parameters(), lr=hp.lr, alpha=0.9, eps=1e-7)
         if hp.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=hp.lr, eps=1e-7)
+            return KerasAdam(self.parameters(), lr=hp.lr, eps=1e-7)
         return torch.optim.SGD(self.parameters(), lr=hp.lr)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

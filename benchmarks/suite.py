@@ -53,7 +53,7 @@ def main() -> None:
             train = sum(metrics["epoch_seconds"])
             total_wall, total_train = total_wall + wall, total_train + train
             rows.append(f"| {config} | {metrics['test_acc']:.4f} | {metrics['epochs']} | {wall:.1f} | {train:.1f} |")
-            print(rows[-1], flush=True)
+            print(rows[-1], file=sys.stderr, flush=True)  # progress; the table follows on stdout
     rows.append(f"| all | | | {total_wall:.1f} | {total_train:.1f} |")
     print("\n".join(rows))
 

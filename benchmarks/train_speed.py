@@ -15,6 +15,7 @@ Then it runs `python -m mnist_lit fit` for one epoch in a child process and repo
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -23,9 +24,14 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
+# as the process had it before `import lightning` set it to "1": the plain loop runs as a PyTorch user's
+# script would, without the NVML probe that this setting adds to every optimizer step of a CUDA build
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+PLAIN_NVML_CHECK = os.environ.get(NVML_CHECK)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -70,7 +76,7 @@ def lightning_epochs(config: str, epochs: int, extra: list[str], out: Path):
 
 
 def plain_epochs(cli, epochs: int, channels_last: bool) -> list[float]:
-    """What a PyTorch user writes by hand: shuffle, slice, forward, loss, backward, step; metrics on device."""
+    """What a PyTorch user writes by hand, over the CLI's own data tensors and a fresh copy of the model."""
     dm = cli.datamodule
     model = type(cli.model)(**{k: v for k, v in cli.model.hparams.items() if not k.startswith("_")})
     device = dm._splits["train"][0].device
@@ -83,36 +89,50 @@ def plain_epochs(cli, epochs: int, channels_last: bool) -> list[float]:
     val = dm._splits.get("val") if dm.hparams.val != "none" else None
     bs, ebs = dm.hparams.batch_size, dm.hparams.eval_batch_size
     times = []
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        net.train()
-        order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(epoch)).to(device)
-        sums = torch.zeros(3, device=device)
-        for i in range(0, len(order), bs):
-            idx = order[i:i + bs]
-            x, y = x_train[idx].float().div_(255), y_train[idx]
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits = net(x)
-            loss = F.cross_entropy(logits, y, reduction=reduction)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sums += torch.stack([loss.detach(), (logits.argmax(1) == y).sum().float(),
-                                 torch.tensor(float(len(y)), device=device)])
-        if val is not None:
-            net.eval()
-            with torch.no_grad():
-                for i in range(0, len(val[1]), ebs):
-                    x, y = val[0][i:i + ebs].float().div_(255), val[1][i:i + ebs]
-                    if channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    logits = net(x)
-                    sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
-                                         (logits.argmax(1) == y).sum().float(), torch.tensor(0.0, device=device)])
-        float(sums[0])  # the epoch's metrics reach the host, as a printed epoch line would need
-        times.append(time.perf_counter() - start)
+    lightning_setting = os.environ.pop(NVML_CHECK, None)
+    if PLAIN_NVML_CHECK is not None:
+        os.environ[NVML_CHECK] = PLAIN_NVML_CHECK
+    try:
+        for epoch in range(epochs):
+            times.append(plain_epoch(net, opt, reduction, x_train, y_train, val, bs, ebs, epoch, channels_last))
+    finally:
+        os.environ.pop(NVML_CHECK, None)
+        if lightning_setting is not None:
+            os.environ[NVML_CHECK] = lightning_setting
     return times
+
+
+def plain_epoch(net, opt, reduction, x_train, y_train, val, bs, ebs, epoch, channels_last) -> float:
+    """One epoch: shuffle, slice, forward, loss, backward, step; metrics summed on the device."""
+    device = y_train.device
+    start = time.perf_counter()
+    net.train()
+    order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(epoch)).to(device)
+    sums = torch.zeros(3, device=device)
+    for i in range(0, len(order), bs):
+        idx = order[i:i + bs]
+        x, y = x_train[idx].float().div_(255), y_train[idx]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = net(x)
+        loss = F.cross_entropy(logits, y, reduction=reduction)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sums += torch.stack([loss.detach(), (logits.argmax(1) == y).sum().float(),
+                             torch.tensor(float(len(y)), device=device)])
+    if val is not None:
+        net.eval()
+        with torch.no_grad():
+            for i in range(0, len(val[1]), ebs):
+                x, y = val[0][i:i + ebs].float().div_(255), val[1][i:i + ebs]
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                logits = net(x)
+                sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
+                                     (logits.argmax(1) == y).sum().float(), torch.tensor(0.0, device=device)])
+    float(sums[0])  # the epoch's metrics reach the host, as a printed epoch line would need
+    return time.perf_counter() - start
 
 
 def vm_hwm_mb(pid: int) -> float:

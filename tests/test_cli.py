@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,11 +130,13 @@ def test_steps_per_execution_changes_speed_not_results(data_root: Path, tmp_path
 
 
 class PathSpy(Callback):
-    """Records, per fit, whether the model steps straight through torch."""
+    """Records, per fit, whether the model steps straight through torch, and Lightning's NVML setting."""
     direct: list[bool] = []
+    nvml: list[str | None] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         type(self).direct.append(pl_module._direct_steps)
+        type(self).nvml.append(os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
 
 
 class StepHook(Callback):
@@ -152,6 +155,9 @@ def test_user_step_hooks_still_run_and_the_direct_path_changes_no_update(data_ro
         assert fit("tiny_mlp", data_root, tmp_path / name, "--trainer.max_epochs", "2", *extra) == 0
         results[name] = (PathSpy.direct[0], json.loads((tmp_path / name / "metrics.json").read_text()))
     assert results["direct"][0] is True and results["hooked"][0] is False
+    # without a CUDA device the per-step NVML probe is skipped during fit, and the setting comes back
+    assert PathSpy.nvml[0] == (None if torch.cuda.device_count() == 0 else "1")
+    assert os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1"
     assert StepHook.calls == 40 == results["hooked"][1]["steps"]
     direct, hooked = results["direct"][1], results["hooked"][1]
     assert [e["train_loss"] for e in direct["history"]] == [e["train_loss"] for e in hooked["history"]]

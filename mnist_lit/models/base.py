@@ -6,6 +6,7 @@ Each tutorial is a subclass that hands its plain `nn.Module` (the network a user
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -29,6 +30,8 @@ Optimizer = Literal["rmsprop", "adam", "sgd"]
 # hooks Lightning runs around each backward and optimizer step; when nothing overrides them, a step
 # straight through torch does the same work without Lightning's per-step dispatch
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+# set to "1" by `import lightning`; every torch optimizer step then asks NVML whether CUDA is there
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 
 def keras_init(net: nn.Module) -> None:
@@ -105,9 +108,23 @@ class Tutorial(L.LightningModule):
         self._channels_last = bool(choice)
         if self._channels_last:  # strides only: same values, same state_dict, same exports
             self.net.to(memory_format=torch.channels_last)
+        if stage == "fit":
+            self._skip_nvml_probe(on_cpu=self.trainer.strategy.root_device.type == "cpu")
         if self.hparams.compile and not hasattr(self, "_compiled"):
             # kept outside the module tree: checkpoints and exports keep the plain network's names
             object.__setattr__(self, "_compiled", torch.compile(self.net))
+
+    def _skip_nvml_probe(self, on_cpu: bool) -> None:
+        """With no CUDA device at all, each optimizer step of a CUDA build of torch re-probes NVML (about
+        70 us: a tenth of a softmax_regression step) because Lightning asked for NVML-based checks, which
+        only matter once CUDA can start. Drop the request for this fit; `teardown` puts it back."""
+        self._nvml_check = os.environ.get(NVML_CHECK)
+        if on_cpu and self._nvml_check == "1" and torch.cuda.device_count() == 0:
+            del os.environ[NVML_CHECK]
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and getattr(self, "_nvml_check", None) is not None:
+            os.environ[NVML_CHECK] = self._nvml_check
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._channels_last and x.dim() == 4:

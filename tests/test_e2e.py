@@ -39,7 +39,7 @@ def cnn_run(tmp_path_factory) -> tuple[dict, Path]:
 
 
 def test_two_epochs_of_cnn(cnn_run):
-    assert cnn_run[0]["test_acc"] >= 0.97  # 0.9772 measured
+    assert cnn_run[0]["test_acc"] >= 0.97  # 0.9726 measured (channels-last; 0.9772 without)
 
 
 def test_digit_photos_need_mnist_framing(cnn_run, tmp_path: Path):

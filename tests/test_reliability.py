@@ -16,10 +16,16 @@ import torch
 from tests.test_cli import REPO, fit, run
 
 
+def default_sigint() -> None:
+    """As in a terminal's foreground job: a shell starts background jobs (`make test &`) with SIGINT
+    ignored, which the child would inherit, and Python then installs no Ctrl-C handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli_process(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "mnist_lit", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:

@@ -31,6 +31,7 @@ def one_run(variant: str, config: str, seed: int, out: str) -> int:
 
     if variant == "torch":
         base.KerasAdam = torch.optim.Adam
+    sys.argv = sys.argv[:1]  # this script's own flags are not the CLI's
     return main(["fit", "--config", config, "--seed_everything", str(seed), "--data.seed", str(seed),
                  "--output_dir", out])
 
@@ -50,8 +51,10 @@ def main() -> None:
             for variant in VARIANTS:
                 out = Path(tmp) / f"{variant}_{seed}"
                 cmd = [sys.executable, __file__, "--config", args.config, "--one", variant, str(seed), str(out)]
-                if subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL).returncode != 0:
-                    raise SystemExit(f"{' '.join(cmd)} failed")
+                done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                if done.returncode != 0:
+                    last = done.stderr.strip().splitlines()[-1:] or ["no message"]
+                    raise SystemExit(f"{' '.join(cmd)} failed: {last[0]}")
                 acc[variant].append(json.loads((out / "metrics.json").read_text())["test_acc"])
             print(f"| {seed} | {' | '.join(f'{acc[v][-1]:.4f}' for v in VARIANTS)} |", flush=True)
     for v in VARIANTS:

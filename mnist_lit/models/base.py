@@ -95,21 +95,22 @@ class Tutorial(L.LightningModule):
         self._counts: dict[str, int] = {}
         self._direct_steps = False  # set per fit in on_train_start
         self._channels_last = False  # set in setup, once the device is known
+        self._nvml_check: str | None = None  # Lightning's NVML setting before a fit, put back after it
 
     @property
     def classes(self) -> tuple[str, ...]:
         return DATASETS[self.hparams.dataset].classes
 
     def setup(self, stage: str) -> None:
+        on_cpu = self.trainer.strategy.root_device.type == "cpu"
         choice = self.hparams.get("channels_last")
         if choice is None:
-            has_conv = any(isinstance(m, nn.Conv2d) for m in self.net.modules())
-            choice = has_conv and self.trainer.strategy.root_device.type == "cpu"
+            choice = on_cpu and any(isinstance(m, nn.Conv2d) for m in self.net.modules())
         self._channels_last = bool(choice)
         if self._channels_last:  # strides only: same values, same state_dict, same exports
             self.net.to(memory_format=torch.channels_last)
         if stage == "fit":
-            self._skip_nvml_probe(on_cpu=self.trainer.strategy.root_device.type == "cpu")
+            self._skip_nvml_probe(on_cpu)
         if self.hparams.compile and not hasattr(self, "_compiled"):
             # kept outside the module tree: checkpoints and exports keep the plain network's names
             object.__setattr__(self, "_compiled", torch.compile(self.net))
@@ -123,7 +124,7 @@ class Tutorial(L.LightningModule):
             del os.environ[NVML_CHECK]
 
     def teardown(self, stage: str) -> None:
-        if stage == "fit" and getattr(self, "_nvml_check", None) is not None:
+        if stage == "fit" and self._nvml_check is not None:
             os.environ[NVML_CHECK] = self._nvml_check
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,12 +10,12 @@ else differs. Prints each seed's test accuracy for both, then the mean, standard
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from suite import run_fit  # benchmarks/ is this script's own folder
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("keras", "torch")
@@ -51,11 +51,7 @@ def main() -> None:
             for variant in VARIANTS:
                 out = Path(tmp) / f"{variant}_{seed}"
                 cmd = [sys.executable, __file__, "--config", args.config, "--one", variant, str(seed), str(out)]
-                done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                if done.returncode != 0:
-                    last = done.stderr.strip().splitlines()[-1:] or ["no message"]
-                    raise SystemExit(f"{' '.join(cmd)} failed: {last[0]}")
-                acc[variant].append(json.loads((out / "metrics.json").read_text())["test_acc"])
+                acc[variant].append(run_fit(cmd, out)[0]["test_acc"])
             print(f"| {seed} | {' | '.join(f'{acc[v][-1]:.4f}' for v in VARIANTS)} |", flush=True)
     for v in VARIANTS:
         spread = statistics.stdev(acc[v]) if len(acc[v]) > 1 else 0.0

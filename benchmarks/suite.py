@@ -26,13 +26,19 @@ CONFIGS = ["dense512", "cnn", "tiny_mlp", "fashion_mlp", "softmax_regression"]
 
 
 def run(config: str, out: Path, flags: list[str]) -> tuple[dict, float]:
-    cmd = [sys.executable, "-m", "mnist_lit", "fit", "--config", config, "--output_dir", str(out), *flags]
+    return run_fit([sys.executable, "-m", "mnist_lit", "fit", "--config", config, "--output_dir", str(out), *flags],
+                   out)
+
+
+def run_fit(cmd: list[str], out: Path) -> tuple[dict, float]:
+    """Run a command that fits into `out`: its metrics.json and wall seconds, or exit with its error line."""
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        last = done.stderr.strip().splitlines()[-1:] or ["no message"]
-        raise SystemExit(f"{' '.join(cmd)} failed: {last[0]}")
+    if done.returncode != 0:  # the CLI's error line (a bad flag's comes before its details), else the last
+        lines = done.stderr.strip().splitlines()
+        reason = next((line for line in lines if "error:" in line), lines[-1] if lines else "no message")
+        raise SystemExit(f"{' '.join(cmd)} failed: {reason.strip()}")
     return json.loads((out / "metrics.json").read_text()), wall
 
 

@@ -1,12 +1,22 @@
-"""Optimizers with Keras' arithmetic.
+"""Optimizers with Keras' arithmetic, where torch's differ.
 
-RMSprop and SGD already compute what Keras computes. Adam differs in where epsilon goes:
+RMSprop: Keras puts epsilon inside the square root, torch outside it:
+
+    Keras:  v = rho * v + (1 - rho) * g^2;   p -= lr * g / sqrt(v + eps)
+    torch:  v = rho * v + (1 - rho) * g^2;   p -= lr * g / (sqrt(v) + eps)
+
+With eps = 1e-7 the first step differs by about 3e-3 on a weight whose gradient is small: Keras divides by
+at least sqrt(1e-7) = 3.2e-4, torch by at least 1e-7. `KerasRMSprop` computes Keras' update.
+
+Adam differs in where epsilon goes relative to the bias correction:
 
     Keras:  p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
     torch:  p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 
 The two agree when torch's eps is eps / sqrt(1 - b2^t), which `KerasAdam` sets before every step. In the
 first steps that is up to 30 times torch's eps; it matters for weights whose gradients are tiny.
+
+Plain SGD is the same in both. `tests/test_keras_parity.py` checks all three against Keras' own steps.
 """
 
 from __future__ import annotations
@@ -15,6 +25,38 @@ import math
 from collections.abc import Iterable
 
 import torch
+
+
+class KerasRMSprop(torch.optim.Optimizer):
+    """Keras' RMSprop (no momentum, not centered): velocity from zero, eps inside the square root."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, rho: float = 0.9, eps: float = 1e-7) -> None:
+        super().__init__(params, {"lr": lr, "rho": rho, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            velocities = []
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                velocities.append(state["velocity"])
+            # one fused kernel per op over all tensors of the group, as torch's own optimizers do
+            torch._foreach_mul_(velocities, group["rho"])
+            torch._foreach_addcmul_(velocities, grads, grads, value=1 - group["rho"])
+            denominators = torch._foreach_add(velocities, group["eps"])
+            torch._foreach_sqrt_(denominators)
+            torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
+        return loss
 
 
 class KerasAdam(torch.optim.Adam):

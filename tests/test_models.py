@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_lit.models import TUTORIALS, CNN, SoftmaxRegression, TinyMLP, count_params
-from mnist_lit.optim import KerasAdam
+from mnist_lit.optim import KerasAdam, KerasRMSprop
 
 KERAS_PARAMS = {"dense512": 407_050, "cnn": 97_414, "tiny_mlp": 13_002, "fashion_mlp": 101_770,
                 "softmax_regression": 7_850}
@@ -68,8 +68,7 @@ def test_optimizer_matches_keras(name: str):
     group = opt.param_groups[0]
     assert model.hparams.loss_reduction == reduction and group["lr"] == 1e-3
     if optimizer == "rmsprop":
-        assert isinstance(opt, torch.optim.RMSprop) and group["alpha"] == 0.9 and group["eps"] == 1e-7
-        assert group["momentum"] == 0 and not group["centered"]
+        assert type(opt) is KerasRMSprop and group["rho"] == 0.9 and group["eps"] == 1e-7
     elif optimizer == "adam":
         assert isinstance(opt, KerasAdam) and group["eps"] == 1e-7 and group["betas"] == (0.9, 0.999)
     else:
@@ -102,6 +101,29 @@ def test_adam_takes_keras_steps_where_torch_adam_does_not():
     expected = keras_adam_reference(w0.numpy(), [g.numpy() for g in grads])
     np.testing.assert_allclose(results[KerasAdam], expected, rtol=0, atol=1e-12)
     assert np.abs(results[torch.optim.Adam] - expected).max() > 1e-5  # torch's own Adam is not Keras'
+
+
+def test_rmsprop_takes_keras_steps_where_torch_rmsprop_does_not():
+    """Keras 3: v = rho v + (1 - rho) g^2; w -= lr g / sqrt(v + eps), eps inside the root, v from zero."""
+    torch.manual_seed(0)
+    w0 = torch.randn(1000, dtype=torch.float64)
+    grads = [torch.randn(1000, dtype=torch.float64) * torch.logspace(-9, 0, 1000, dtype=torch.float64)
+             for _ in range(30)]
+    expected, v = w0.numpy().copy(), np.zeros(1000)
+    for g in grads:
+        v = 0.9 * v + 0.1 * g.numpy() ** 2
+        expected = expected - 1e-3 * g.numpy() / np.sqrt(v + 1e-7)
+    results = {}
+    for name, make in (("keras", lambda p: KerasRMSprop(p, lr=1e-3, rho=0.9, eps=1e-7)),
+                       ("torch", lambda p: torch.optim.RMSprop(p, lr=1e-3, alpha=0.9, eps=1e-7))):
+        w = w0.clone().requires_grad_()
+        opt = make([w])
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        results[name] = w.detach().numpy()
+    np.testing.assert_allclose(results["keras"], expected, rtol=0, atol=1e-12)
+    assert np.abs(results["torch"] - expected).max() > 1e-3  # torch's own RMSprop is not Keras'
 
 
 def test_cnn_layers_in_keras_order():

@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mnist_lit.data import DATASETS, DatasetName, is_group
 from mnist_lit.errors import UserError
-from mnist_lit.optim import KerasAdam
+from mnist_lit.optim import KerasAdam, KerasRMSprop
 
 Optimizer = Literal["rmsprop", "adam", "sgd"]
 
@@ -76,7 +76,7 @@ class Tutorial(L.LightningModule):
         """
         Args:
             net: the plain network (given by the subclass, not a CLI option).
-            optimizer: "rmsprop" (Keras: rho 0.9, eps 1e-7), "adam" (eps 1e-7, added where Keras adds it)
+            optimizer: "rmsprop" (Keras': rho 0.9, eps 1e-7 inside the square root), "adam" (eps 1e-7, added where Keras adds it)
                 or "sgd" (plain).
             lr: learning rate.
             loss_reduction: "mean" cross-entropy over the batch (Keras), or "sum" (the TF1 tutorial).
@@ -269,7 +269,7 @@ class Tutorial(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         if hp.optimizer == "rmsprop":
-            return torch.optim.RMSprop(self.parameters(), lr=hp.lr, alpha=0.9, eps=1e-7)
+            return KerasRMSprop(self.parameters(), lr=hp.lr, rho=0.9, eps=1e-7)
         if hp.optimizer == "adam":
             return KerasAdam(self.parameters(), lr=hp.lr, eps=1e-7)
         return torch.optim.SGD(self.parameters(), lr=hp.lr)

@@ -1,4 +1,5 @@
-"""`python -m mnist_lit`: fit/validate/test/predict go to the Lightning CLI; bad input ends in one line."""
+"""`python -m mnist_lit`: fit/validate/test/predict go to the Lightning CLI, the rest to their modules;
+bad input ends in one line."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import sys
 
 from mnist_lit.errors import UserError
 
+# commands of our own (everything else goes to the Lightning CLI) and the module that runs each
+COMMANDS = {"report": "report", "export": "export", "classify": "classify", "import-keras": "keras_import"}
+
 
 def main(argv: list[str] | None = None) -> int:
     verbose = os.environ.get("MNIST_LIT_VERBOSE") == "1"
     try:
         args = sys.argv[1:] if argv is None else argv
-        if args and args[0] in ("report", "export", "classify"):
-            module = importlib.import_module(f"mnist_lit.{args[0]}")
+        if args and args[0] in COMMANDS:
+            module = importlib.import_module(f"mnist_lit.{COMMANDS[args[0]]}")
             return module.main(args[1:])
         from mnist_lit import cli
 

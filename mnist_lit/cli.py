@@ -124,6 +124,19 @@ class MnistCLI(LightningCLI):
                             help="Where checkpoints, config.yaml and metrics.json go (default: checkpoints/<tutorial>).")
         parser.link_arguments("data.dataset", "model.init_args.dataset")
 
+    def instantiate_classes(self) -> None:
+        # jsonargparse reports an error raised in a model's or data module's __init__ (a bad weights
+        # file, say) as a ValueError about Union subtypes, keeping the original as its cause: show that
+        try:
+            super().instantiate_classes()
+        except ValueError as e:
+            cause: BaseException | None = e
+            while cause is not None and not isinstance(cause, UserError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
+
     @property
     def output_dir(self) -> Path:
         return Path(self._get(self.config, "output_dir") or Path("checkpoints") / self.model.name)

@@ -64,6 +64,14 @@ def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.net.eval(), meta
 
 
+def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """A TorchScript model file and the metadata inside it ({} when it has none)."""
+    files = {META_NAME: ""}
+    with quiet_torchscript():
+        model = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    return model, json.loads(files[META_NAME]) if files[META_NAME] else {}
+
+
 def metadata(meta: dict[str, Any]) -> dict[str, Any]:
     return {"tutorial": meta["tutorial"], "dataset": meta["dataset"], "classes": list(meta["classes"]),
             "input": INPUT, "output": OUTPUT, "mnist_lit_version": __version__}

@@ -140,10 +140,15 @@ def _save(fig, path: Path) -> None:
 
 
 @torch.no_grad()
-def worst_mistakes(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, k: int = 24, batch: int = 2000):
-    """Indices, predictions and probabilities of the k most confidently wrong images."""
+def predict_probs(net: nn.Module, images: torch.Tensor, batch: int = 2000) -> torch.Tensor:
+    """Class probabilities of uint8 images (N x 1 x 28 x 28), as Keras' `predict` on images / 255."""
     net.eval()
-    probs = torch.cat([net(images[i:i + batch].float() / 255).softmax(1) for i in range(0, len(images), batch)])
+    return torch.cat([net(images[i:i + batch].float() / 255).softmax(1) for i in range(0, len(images), batch)])
+
+
+def worst_mistakes(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, k: int = 24):
+    """Indices, predictions and probabilities of the k most confidently wrong images."""
+    probs = predict_probs(net, images)
     confidence, predicted = probs.max(1)
     wrong = (predicted != labels).nonzero().flatten()
     order = wrong[confidence[wrong].argsort(descending=True)][:k]

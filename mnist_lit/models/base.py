@@ -72,7 +72,7 @@ class Tutorial(L.LightningModule):
 
     def __init__(self, net: nn.Module, optimizer: Optimizer = "rmsprop", lr: PositiveFloat = 1e-3,
                  loss_reduction: Literal["mean", "sum"] = "mean", dataset: DatasetName = "mnist",
-                 compile: bool = False, channels_last: bool | None = None) -> None:
+                 compile: bool = False, channels_last: bool | None = None, weights: str | None = None) -> None:
         """
         Args:
             net: the plain network (given by the subclass, not a CLI option).
@@ -84,11 +84,16 @@ class Tutorial(L.LightningModule):
             compile: run the network through `torch.compile` (needs a C compiler; the first steps compile).
             channels_last: keep convolution weights and inputs channels-last. None (default): on for a
                 network with convolutions running on the CPU, where it was measured faster; off otherwise.
+            weights: start from these weights instead of a fresh initialisation: a Keras `.keras` or `.h5`
+                file of this tutorial (e.g. the tutorial's own `model.save`), or an mnist_lit `.ckpt` or
+                TorchScript `.pt`. Not a hyperparameter: checkpoints hold the weights themselves.
         """
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net", "weights"])
         self.net = net
-        keras_init(self.net)
+        self.init_weights()
+        if weights is not None:
+            self.load_weights(weights)
         self.test_confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)
         self.confusion_matrix: torch.Tensor | None = None  # set after `test`, rows = true class
         self._sums: dict[str, torch.Tensor] = {}
@@ -96,6 +101,42 @@ class Tutorial(L.LightningModule):
         self._direct_steps = False  # set per fit in on_train_start
         self._channels_last = False  # set in setup, once the device is known
         self._nvml_check: str | None = None  # Lightning's NVML setting before a fit, put back after it
+
+    def init_weights(self) -> None:
+        """Keras' initialisation of a fresh network (glorot-uniform kernels, zero biases)."""
+        keras_init(self.net)
+
+    def load_weights(self, path: str | Path) -> None:
+        """Copy in the weights of a Keras, checkpoint or TorchScript file holding this same tutorial."""
+        path = Path(path)
+        if path.suffix in (".keras", ".h5"):
+            from mnist_lit.keras_import import read_keras, recognise, to_torch
+
+            net = to_torch(read_keras(path))
+            tutorial, weights = recognise(path, net), net.state_dict()
+        elif path.suffix == ".ckpt":
+            checkpoint = read_checkpoint(path)
+            tutorial = checkpoint["mnist_lit"].get("tutorial")
+            weights = {k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        elif path.suffix == ".pt":
+            from mnist_lit.export import read_torchscript
+
+            if not path.is_file():
+                raise UserError(f"{path}: no such file")
+            try:
+                scripted, meta = read_torchscript(path)
+            except Exception as e:  # not a zip, not TorchScript, truncated...
+                raise UserError(f"{path}: not a readable TorchScript file ({e.__class__.__name__})") from None
+            tutorial = meta.get("tutorial")
+            weights = {k[4:]: v for k, v in scripted.state_dict().items() if k.startswith("net.")}
+        else:
+            raise UserError(f"{path}: weights must be a .keras, .h5, .ckpt or .pt file")
+        if tutorial != self.name:
+            raise UserError(f"{path}: holds the {tutorial} tutorial's network, not {self.name}'s")
+        try:
+            self.net.load_state_dict(weights)
+        except RuntimeError as e:
+            raise UserError(f"{path}: weights do not fit the {self.name} network ({str(e).splitlines()[0]})") from None
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -21,5 +21,7 @@ class SoftmaxRegression(Tutorial):
 
     def __init__(self, optimizer: Optimizer = "sgd", loss_reduction: Literal["mean", "sum"] = "sum", **kwargs) -> None:
         super().__init__(SoftmaxRegressionNet(), optimizer=optimizer, loss_reduction=loss_reduction, **kwargs)
+
+    def init_weights(self) -> None:
         for p in self.net.parameters():  # the TF1 tutorial starts from zeros, not glorot
             nn.init.zeros_(p)

@@ -184,6 +184,12 @@ class MnistCLI(LightningCLI):
         if self.trainer.is_global_zero:  # Keras' model.summary(), in place of Lightning's table
             print(report.keras_summary(self.model.net, self.model.name), flush=True)
 
+    def before_validate(self) -> None:
+        if self.datamodule.hparams.val == "none":  # Lightning would run no batch and report nothing
+            raise UserError(f"validate: this config has no validation data (data.val is none); add --data.val "
+                            f"holdout (a seeded {self.datamodule.hparams.val_size:,} from the training set) or "
+                            "--data.val test, or run `test`")
+
     def after_fit(self) -> None:
         """Keras' `evaluate` after `fit`: test the final weights, save them, write metrics.json."""
         trainer, model = self.trainer, self.model

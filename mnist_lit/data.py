@@ -326,8 +326,7 @@ class MNISTDataModule(L.LightningDataModule):
         source = self.source
         train, test = load_split(source, "train"), load_split(source, "test")
         if hp.val == "holdout":
-            if hp.val_size >= len(train[1]):
-                raise UserError(f"data.val_size {hp.val_size} leaves no training data ({len(train[1])} samples)")
+            self._check_val_size(len(train[1]))
             order = torch.randperm(len(train[1]), generator=torch.Generator().manual_seed(hp.seed))
             val_idx, train_idx = order[: hp.val_size], order[hp.val_size:]
             self._splits["val"] = (train[0][val_idx], train[1][val_idx])
@@ -347,12 +346,17 @@ class MNISTDataModule(L.LightningDataModule):
         train = cls(root, train=True, transform=to_uint8)
         test = cls(root, train=False, transform=to_uint8)
         if hp.val == "holdout":
+            self._check_val_size(len(train))
             g = torch.Generator().manual_seed(hp.seed)
             val, train = torch.utils.data.random_split(train, [hp.val_size, len(train) - hp.val_size], generator=g)
             self._tv["val"] = val
         elif hp.val == "test":
             self._tv["val"] = test
         self._tv.update(train=train, test=test)
+
+    def _check_val_size(self, train_samples: int) -> None:
+        if self.hparams.val_size >= train_samples:
+            raise UserError(f"data.val_size {self.hparams.val_size} leaves no training data ({train_samples} samples)")
 
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The 10,000 test images (uint8, N x 1 x 28 x 28) and labels, on the CPU, in file order."""

@@ -254,10 +254,32 @@ def test_missing_config_file(capsys):
     assert "nope.yaml" in capsys.readouterr().err
 
 
-def test_holdout_larger_than_the_data_is_one_line(data_root: Path, tmp_path: Path, capsys):
-    assert fit("cnn", data_root, tmp_path, "--data.val", "holdout", "--data.val_size", "100000") == 1
+@pytest.mark.parametrize("loader", ["memory", "torchvision"])
+def test_holdout_larger_than_the_data_is_one_line(loader: str, data_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    assert fit("cnn", data_root, out, "--data.val", "holdout", "--data.val_size", "100000",
+               "--data.loader", loader) == 1
     err = capsys.readouterr().err
     assert err == "mnist_lit: error: data.val_size 100000 leaves no training data (640 samples)\n"
+    assert not (out / "last.ckpt").exists() and not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("name", ["dense512", "tiny_mlp"])
+def test_validate_a_saved_model_with_and_without_validation_data(name: str, data_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    assert fit(name, data_root, out, "--trainer.max_epochs", "1") == 0
+    capsys.readouterr()
+    args = ("validate", "--config", str(REPO / "configs" / f"{name}.yaml"), "--data.data_dir", str(data_root),
+            "--output_dir", str(out), "--ckpt_path", str(out / "model.ckpt"))
+    if name == "tiny_mlp":  # val: test, as the TF2 tutorial: validation is the test set, so equal to test_acc
+        assert run(*args) == 0
+        acc = json.loads((out / "metrics.json").read_text())["test_acc"]
+        assert f"- acc: {acc:.4f}" in next(li for li in capsys.readouterr().out.splitlines() if li.startswith("Validation: "))
+    else:  # val: none
+        assert run(*args) == 1
+        assert "no validation data (data.val is none)" in capsys.readouterr().err
+        assert run(*args, "--data.val", "holdout", "--data.val_size", "100") == 0
+        assert "Validation: loss: " in capsys.readouterr().out
 
 
 def test_offline_without_data_is_one_line(tmp_path: Path, no_download, monkeypatch, capsys):

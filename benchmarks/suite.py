@@ -25,21 +25,41 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = ["dense512", "cnn", "tiny_mlp", "fashion_mlp", "softmax_regression"]
 
 
-def run(config: str, out: Path, flags: list[str]) -> tuple[dict, float]:
+def run(config: str, out: Path, flags: list[str]) -> tuple[dict, float, float]:
     return run_fit([sys.executable, "-m", "mnist_lit", "fit", "--config", config, "--output_dir", str(out), *flags],
                    out)
 
 
-def run_fit(cmd: list[str], out: Path) -> tuple[dict, float]:
-    """Run a command that fits into `out`: its metrics.json and wall seconds, or exit with its error line."""
+def vm_hwm_mb(pid: int) -> float:
+    """A process's peak RSS so far, from its own VmHWM (not ru_maxrss: on Linux a child's maxrss starts
+    from the forking parent's high-water mark, so it would count this benchmark's own memory)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0  # a zombie has no memory lines
+
+
+def run_fit(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> tuple[dict, float, float]:
+    """Run a command that fits into `out`: its metrics.json, wall seconds and peak RSS in MB (polled every
+    50 ms), or exit with its error line."""
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:  # the CLI's error line (a bad flag's comes before its details), else the last
-        lines = done.stderr.strip().splitlines()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        peak = 0.0
+        while proc.poll() is None:
+            try:
+                peak = max(peak, vm_hwm_mb(proc.pid))
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+            time.sleep(0.05)
+        wall = time.perf_counter() - start
+        err.seek(0)
+        stderr = err.read()
+    if proc.returncode != 0:  # the CLI's error line (a bad flag's comes before its details), else the last
+        lines = stderr.strip().splitlines()
         reason = next((line for line in lines if "error:" in line), lines[-1] if lines else "no message")
         raise SystemExit(f"{' '.join(cmd)} failed: {reason.strip()}")
-    return json.loads((out / "metrics.json").read_text()), wall
+    return json.loads((out / "metrics.json").read_text()), wall, peak
 
 
 def main() -> None:
@@ -50,17 +70,18 @@ def main() -> None:
     args = parser.parse_args()
     rows = [f"torch {torch.__version__}, {torch.get_num_threads()} threads"
             + (f", flags: {' '.join(args.fit_flags)}" if args.fit_flags else ""),
-            "| tutorial | test acc | epochs | command wall s | training s |", "| --- | --- | --- | --- | --- |"]
+            "| tutorial | test acc | epochs | command wall s | training s | peak RSS MB |",
+            "| --- | --- | --- | --- | --- | --- |"]
     total_wall = total_train = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         for config in args.configs:
-            metrics, wall = run(config, root / config, args.fit_flags)
+            metrics, wall, peak = run(config, root / config, args.fit_flags)
             train = sum(metrics["epoch_seconds"])
             total_wall, total_train = total_wall + wall, total_train + train
-            rows.append(f"| {config} | {metrics['test_acc']:.4f} | {metrics['epochs']} | {wall:.1f} | {train:.1f} |")
+            rows.append(f"| {config} | {metrics['test_acc']:.4f} | {metrics['epochs']} | {wall:.1f} | {train:.1f} | {peak:.0f} |")
             print(rows[-1], file=sys.stderr, flush=True)  # progress; the table follows on stdout
-    rows.append(f"| all | | | {total_wall:.1f} | {total_train:.1f} |")
+    rows.append(f"| all | | | {total_wall:.1f} | {total_train:.1f} | |")
     print("\n".join(rows))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mnist_lit.cli import MnistCLI, quiet_lightning, resolve_config  # noqa: E402
+from suite import run_fit  # noqa: E402  (benchmarks/ is this script's own folder)
 
 CONFIGS = ["dense512", "cnn", "tiny_mlp", "fashion_mlp", "softmax_regression"]
 
@@ -135,33 +135,12 @@ def plain_epoch(net, opt, reduction, x_train, y_train, val, bs, ebs, epoch, chan
     return time.perf_counter() - start
 
 
-def vm_hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0  # a zombie has no memory lines
-
-
 def peak_rss_mb(config: str, extra: list[str]) -> float:
-    """Peak RSS of `python -m mnist_lit fit` (one epoch), read from the child's own VmHWM.
-
-    Not `ru_maxrss`: on Linux a child's maxrss starts from the forking parent's high-water mark,
-    so it would count this benchmark's own memory.
-    """
+    """Peak RSS of `python -m mnist_lit fit` (one epoch), read from the child's own VmHWM."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "mnist_lit", "fit", "--config", config, "--trainer.max_epochs", "1",
                "--trainer.max_steps", "-1", "--output_dir", out, *extra]
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        peak = 0.0
-        while proc.poll() is None:
-            try:
-                peak = max(peak, vm_hwm_mb(proc.pid))
-            except (FileNotFoundError, ProcessLookupError):
-                pass
-            time.sleep(0.05)
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed")
-        return peak
+        return run_fit(cmd, Path(out))[2]
 
 
 def main() -> None:

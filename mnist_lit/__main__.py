@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 
+from mnist_lit import memory
 from mnist_lit.errors import UserError
 
 # commands of our own (everything else goes to the Lightning CLI) and the module that runs each
@@ -14,6 +15,7 @@ COMMANDS = {"report": "report", "export": "export", "classify": "classify", "imp
 
 
 def main(argv: list[str] | None = None) -> int:
+    memory.tune()  # before the first large tensor: see mnist_lit/memory.py (MNIST_LIT_MALLOC=system: off)
     verbose = os.environ.get("MNIST_LIT_VERBOSE") == "1"
     try:
         args = sys.argv[1:] if argv is None else argv

@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
@@ -121,10 +122,15 @@ class RunRecorder(Callback):
 
 
 class InterruptNotice(Callback):
-    """On Ctrl-C, one line saying what was kept and how to continue (Lightning then exits with status 1)."""
+    """On Ctrl-C or SIGTERM, one line saying what was kept and how to continue.
+
+    Lightning then exits with status 1 after Ctrl-C. SIGTERM (from `kill`, SLURM, Kubernetes, systemd)
+    lets the epoch under way finish and its checkpoint be written, then raises `SIGTERMException`, for
+    which `mnist_lit.cli.main` exits with 143 (128 + SIGTERM) so a scheduler does not record success.
+    """
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, KeyboardInterrupt) or not trainer.is_global_zero:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or not trainer.is_global_zero:
             return
         folder = getattr(trainer.checkpoint_callback, "dirpath", None)
         last = str(Path(folder) / "last.ckpt") if folder and (Path(folder) / "last.ckpt").is_file() else ""
@@ -136,5 +142,6 @@ class InterruptNotice(Callback):
                 continue
             args.append(arg)
         again = " ".join(["python -m mnist_lit", *args, "--ckpt_path last"]) if last else "the same command"
-        print(f"\nInterrupted in epoch {trainer.current_epoch + 1}: {kept}; continue with: {again}",
-              file=sys.stderr, flush=True)
+        where = (f"Stopped by SIGTERM after epoch {trainer.current_epoch}" if isinstance(exception, SIGTERMException)
+                 else f"\nInterrupted in epoch {trainer.current_epoch + 1}")
+        print(f"{where}: {kept}; continue with: {again}", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import platform
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -27,6 +28,7 @@ from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lit import atomic, export, report
 from mnist_lit.callbacks import EpochLine, InterruptNotice, RunRecorder
@@ -84,6 +86,10 @@ def quiet_lightning() -> None:
     no_ads.filter = lambda record: not any(s in record.getMessage() for s in ("litlogger", "Detected KeyboardInterrupt"))
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(no_ads)
+    # "[rank: 0] Received SIGTERM: 15": InterruptNotice says what happened and how to continue instead
+    sigterm = logging.Filter()
+    sigterm.filter = lambda record: "Received SIGTERM" not in record.getMessage()
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(sigterm)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -266,8 +272,11 @@ class MnistCLI(LightningCLI):
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI on `argv`, or on the command line (rewritten in place so DDP's relaunch sees the same)."""
     quiet_lightning()
-    if argv is None:
-        sys.argv[1:] = resolve_config_args(sys.argv[1:])
-        MnistCLI()
-    else:
-        MnistCLI(args=resolve_config_args(argv))
+    try:
+        if argv is None:
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+            MnistCLI()
+        else:
+            MnistCLI(args=resolve_config_args(argv))
+    except SIGTERMException:  # a SystemExit without a code: Lightning would exit 0 and a scheduler see success
+        raise SystemExit(128 + signal.SIGTERM) from None

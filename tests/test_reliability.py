@@ -36,16 +36,27 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(data_root: Path, tmp_path: Path):
+def start_up_lines_removed(err: str) -> list[str]:
+    """stderr without Lightning's usual start-up lines (seed, GPU/TPU)."""
+    return [line for line in err.splitlines() if line.strip() and not line.startswith(("Seed set", "GPU", "TPU"))]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_to_the_uninterrupted_result(sig: signal.Signals, data_root: Path, tmp_path: Path):
     common = ["fit", "--config", "cnn", "--data.data_dir", str(data_root), "--trainer.max_epochs", "80"]
     assert fit("cnn", data_root, tmp_path / "whole", "--trainer.max_epochs", "80") == 0
     out = tmp_path / "killed"
     proc = cli_process(*common, "--output_dir", str(out))
     wait_for(out / "last.ckpt", proc)
     time.sleep(0.5)  # inside a later epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "metrics.json").exists(), "the kill came too late to test anything"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert not (out / "metrics.json").exists(), "the signal came too late to test anything"
+    if sig == signal.SIGTERM:  # what SLURM, Kubernetes and `kill` send: a safe stop, one line, 128 + 15
+        assert proc.returncode == 143 and "Traceback" not in err
+        lines = start_up_lines_removed(err)
+        assert len(lines) == 1 and lines[0].startswith("Stopped by SIGTERM after epoch "), err
+        assert f"{out / 'last.ckpt'} holds epoch " in lines[0] and lines[0].endswith("--ckpt_path last")
     torch.load(out / "last.ckpt", weights_only=True)  # whatever the moment of the kill: a whole file
     assert fit("cnn", data_root, out, "--trainer.max_epochs", "80", "--ckpt_path", "last") == 0
     whole, resumed = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))
@@ -63,8 +74,7 @@ def test_ctrl_c_stops_with_one_line(data_root: Path, tmp_path: Path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "Traceback" not in err and "KeyboardInterrupt" not in err
-    # Lightning's usual start-up lines (seed, GPU/TPU), then exactly one line about the interruption
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("Seed set", "GPU", "TPU"))]
+    lines = start_up_lines_removed(err)  # then exactly one line about the interruption
     assert len(lines) == 1 and lines[0].startswith("Interrupted in epoch ")
     assert f"{out / 'last.ckpt'} holds epoch " in lines[0] and lines[0].endswith("--ckpt_path last")
     torch.load(out / "last.ckpt", weights_only=True)

@@ -75,6 +75,7 @@ QUIET_WARNINGS = (
     r"Checkpoint directory .* exists and is not empty",  # a rerun replaces last.ckpt on purpose
     r"The number of training batches .* is smaller than the logging interval",  # metrics are per epoch
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning 2.6 on torch >= 2.10
+    r'.*ckpt_path="last"\) is set, but there is no last checkpoint',  # before_fit says so in our words
 )
 
 
@@ -187,8 +188,14 @@ class MnistCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
-        if self.trainer.is_global_zero:  # Keras' model.summary(), in place of Lightning's table
-            print(report.keras_summary(self.model.net, self.model.name), flush=True)
+        if not self.trainer.is_global_zero:
+            return
+        if self.config[self.subcommand].get("ckpt_path") == "last":
+            # a requeue script passes --ckpt_path last every time, the first time included
+            folder = Path(getattr(self.trainer.checkpoint_callback, "dirpath", None) or self.output_dir)
+            if not any(folder.glob("last*.ckpt")):
+                print(f"--ckpt_path last: no last.ckpt in {folder} yet, so training starts from scratch", flush=True)
+        print(report.keras_summary(self.model.net, self.model.name), flush=True)  # Keras' model.summary()
 
     def before_validate(self) -> None:
         if self.datamodule.hparams.val == "none":  # Lightning would run no batch and report nothing

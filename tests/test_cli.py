@@ -88,6 +88,16 @@ def test_resume_from_last_keeps_the_history(data_root: Path, tmp_path: Path):
     assert [e["epoch"] for e in metrics["history"]] == [1, 2] and metrics["steps"] == 2 * 5
 
 
+def test_resume_with_no_checkpoint_yet_starts_from_scratch_and_says_so(data_root: Path, tmp_path: Path, capsys,
+                                                                      recwarn):
+    out = tmp_path / "new"
+    assert fit("softmax_regression", data_root, out, "--trainer.max_steps", "20", "--ckpt_path", "last") == 0
+    assert f"--ckpt_path last: no last.ckpt in {out} yet, so training starts from scratch" in capsys.readouterr().out
+    # Lightning's own warning ("HINT: Set ModelCheckpoint(..., save_last=True)") points at code users cannot change
+    assert not [w for w in recwarn if "no last checkpoint" in str(w.message)]
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 20
+
+
 def test_test_and_validate_a_saved_model(data_root: Path, tmp_path: Path, capsys):
     out = tmp_path / "d"
     assert fit("dense512", data_root, out, "--trainer.max_epochs", "1") == 0

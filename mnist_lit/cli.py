@@ -185,7 +185,28 @@ class MnistCLI(LightningCLI):
                 raise UserError(f"{given}: records no model class (not saved by this CLI); it holds a "
                                 f"{checkpoint['mnist_lit']['tutorial']} model: load it with "
                                 "mnist_lit.models.TUTORIALS[name].load_from_checkpoint")
+            self._check_tutorial(given, checkpoint)
         super()._parse_ckpt_path()
+
+    def _check_tutorial(self, path: str, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint of another tutorial than the config's is refused: Lightning would quietly rebuild
+        the checkpoint's model instead, and train it into the config's output folder."""
+        from mnist_lit.models import TUTORIALS
+
+        model = self.config[self.config.subcommand].get("model")
+        class_path = model.get("class_path") if model is not None and hasattr(model, "get") else None
+        wanted = next((n for n, cls in TUTORIALS.items() if class_path and class_path.rsplit(".", 1)[-1] == cls.__name__), None)
+        held = checkpoint["mnist_lit"].get("tutorial")
+        if wanted and held != wanted:
+            raise UserError(f"{path}: holds the {held} tutorial, but the config is {wanted}'s; use --config {held}, "
+                            "or another checkpoint")
+        # same tutorial: Lightning rebuilds the model with the checkpoint's hyperparameters, whatever the
+        # config or the command line says; name each value that changes that way
+        asked = model.get("init_args") if model is not None and hasattr(model, "get") else None
+        changed = [f"{k} {v!r} (not {asked.get(k)!r})" for k, v in checkpoint.get("hyper_parameters", {}).items()
+                   if not k.startswith("_") and asked is not None and k in asked and asked.get(k) != v]
+        if changed and os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"{path}: the model keeps the checkpoint's {', '.join(changed)}", flush=True)
 
     def before_fit(self) -> None:
         if not self.trainer.is_global_zero:

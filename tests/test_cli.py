@@ -98,6 +98,28 @@ def test_resume_with_no_checkpoint_yet_starts_from_scratch_and_says_so(data_root
     assert json.loads((out / "metrics.json").read_text())["steps"] == 20
 
 
+def test_checkpoint_of_another_tutorial_is_refused_and_nothing_is_written(data_root: Path, tmp_path: Path, capsys):
+    dense = tmp_path / "dense512"
+    assert fit("dense512", data_root, dense, "--trainer.max_epochs", "1") == 0
+    before = {p.name: p.stat().st_mtime_ns for p in dense.iterdir()}
+    capsys.readouterr()
+    assert fit("cnn", data_root, tmp_path / "cnn", "--ckpt_path", str(dense / "last.ckpt")) == 1
+    assert capsys.readouterr().err == (f"mnist_lit: error: {dense / 'last.ckpt'}: holds the dense512 tutorial, but the "
+                                       "config is cnn's; use --config dense512, or another checkpoint\n")
+    assert not (tmp_path / "cnn").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in dense.iterdir()} == before
+
+
+def test_resuming_keeps_the_checkpoints_hyperparameters_and_says_which(data_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "tiny"
+    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "1") == 0
+    capsys.readouterr()
+    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "2", "--model.init_args.dropout", "0.5",
+               "--ckpt_path", str(out / "last.ckpt")) == 0
+    assert f"{out / 'last.ckpt'}: the model keeps the checkpoint's dropout 0.2 (not 0.5)" in capsys.readouterr().out
+    assert torch.load(out / "model.ckpt", weights_only=True)["hyper_parameters"]["dropout"] == 0.2
+
+
 def test_test_and_validate_a_saved_model(data_root: Path, tmp_path: Path, capsys):
     out = tmp_path / "d"
     assert fit("dense512", data_root, out, "--trainer.max_epochs", "1") == 0

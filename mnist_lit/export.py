@@ -56,9 +56,8 @@ def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise UserError(f"{path}: unknown tutorial {meta.get('tutorial')!r}")
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
     model = TUTORIALS[meta["tutorial"]](**hparams)
-    weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     try:
-        model.net.load_state_dict(weights)
+        model.net.load_state_dict(net_state(checkpoint["state_dict"]))
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not fit the {meta['tutorial']} network ({str(e).splitlines()[0]})") from None
     return model.net.eval(), meta
@@ -70,6 +69,38 @@ def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str
     with quiet_torchscript():
         model = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
     return model, json.loads(files[META_NAME]) if files[META_NAME] else {}
+
+
+def read_weights(path: str | Path) -> tuple[str | None, dict[str, torch.Tensor]]:
+    """The tutorial a model file holds and its network's state_dict: a Keras `.keras` / `.h5` file, an
+    mnist_lit `.ckpt`, or a TorchScript `.pt` written by `export`."""
+    from mnist_lit.models.base import read_checkpoint
+
+    path = Path(path)
+    if path.suffix in (".keras", ".h5"):
+        from mnist_lit.keras_import import read_keras, recognise, to_torch
+
+        net = to_torch(read_keras(path))
+        return recognise(path, net), net.state_dict()
+    if path.suffix == ".ckpt":
+        checkpoint = read_checkpoint(path)
+        state, tutorial = checkpoint["state_dict"], checkpoint["mnist_lit"].get("tutorial")
+    elif path.suffix == ".pt":
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        try:
+            scripted, meta = read_torchscript(path)
+        except Exception as e:  # not a zip, not TorchScript, truncated...
+            raise UserError(f"{path}: not a readable TorchScript file ({e.__class__.__name__})") from None
+        state, tutorial = scripted.state_dict(), meta.get("tutorial")  # Probabilities(net): keys net.*
+    else:
+        raise UserError(f"{path}: weights must be a .keras, .h5, .ckpt or .pt file")
+    return tutorial, net_state(state)
+
+
+def net_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The plain network's part of a Tutorial's (or an exported Probabilities') state_dict."""
+    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
 
 
 def metadata(meta: dict[str, Any]) -> dict[str, Any]:

@@ -76,8 +76,8 @@ class Tutorial(L.LightningModule):
         """
         Args:
             net: the plain network (given by the subclass, not a CLI option).
-            optimizer: "rmsprop" (Keras': rho 0.9, eps 1e-7 inside the square root), "adam" (eps 1e-7, added where Keras adds it)
-                or "sgd" (plain).
+            optimizer: "rmsprop" (Keras': rho 0.9, eps 1e-7 inside the square root), "adam" (eps 1e-7,
+                added where Keras adds it) or "sgd" (plain).
             lr: learning rate.
             loss_reduction: "mean" cross-entropy over the batch (Keras), or "sum" (the TF1 tutorial).
             dataset: the data set trained on; linked from `data.dataset`, it names the classes in exports.
@@ -108,29 +108,9 @@ class Tutorial(L.LightningModule):
 
     def load_weights(self, path: str | Path) -> None:
         """Copy in the weights of a Keras, checkpoint or TorchScript file holding this same tutorial."""
-        path = Path(path)
-        if path.suffix in (".keras", ".h5"):
-            from mnist_lit.keras_import import read_keras, recognise, to_torch
+        from mnist_lit.export import read_weights
 
-            net = to_torch(read_keras(path))
-            tutorial, weights = recognise(path, net), net.state_dict()
-        elif path.suffix == ".ckpt":
-            checkpoint = read_checkpoint(path)
-            tutorial = checkpoint["mnist_lit"].get("tutorial")
-            weights = {k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-        elif path.suffix == ".pt":
-            from mnist_lit.export import read_torchscript
-
-            if not path.is_file():
-                raise UserError(f"{path}: no such file")
-            try:
-                scripted, meta = read_torchscript(path)
-            except Exception as e:  # not a zip, not TorchScript, truncated...
-                raise UserError(f"{path}: not a readable TorchScript file ({e.__class__.__name__})") from None
-            tutorial = meta.get("tutorial")
-            weights = {k[4:]: v for k, v in scripted.state_dict().items() if k.startswith("net.")}
-        else:
-            raise UserError(f"{path}: weights must be a .keras, .h5, .ckpt or .pt file")
+        tutorial, weights = read_weights(path)
         if tutorial != self.name:
             raise UserError(f"{path}: holds the {tutorial} tutorial's network, not {self.name}'s")
         try:

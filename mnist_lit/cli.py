@@ -39,6 +39,7 @@ from mnist_lit.models.base import read_checkpoint
 
 CONFIG_DIRS = (Path("configs"), Path(__file__).resolve().parent.parent / "configs")
 CONFIG_FLAGS = ("--config", "-c")
+PREVIOUS = "previous.ckpt"  # last.ckpt's predecessor (its name must not start with "last": see _parse_ckpt_path)
 
 
 def resolve_config(value: str) -> str:
@@ -99,7 +100,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     and moves the file, a copy when that folder is on another file system.)"""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
-        atomic.write_bytes_from(path, lambda f: torch.save(checkpoint, f))
+        path = Path(path)
+        # the epoch before last.ckpt stays in previous.ckpt, for when last.ckpt is damaged after the fact
+        keep = path.with_name(PREVIOUS) if path.name == "last.ckpt" else None
+        atomic.write_bytes_from(path, lambda f: torch.save(checkpoint, f), keep_previous=keep)
 
 
 class ConfigSaver(SaveConfigCallback):
@@ -144,9 +148,15 @@ class MnistCLI(LightningCLI):
                 raise
             raise cause from None
 
+    def _setting(self, key: str) -> Any:
+        """A value of the parsed config, also while parsing (before `self.subcommand` is set) and with run=False."""
+        subcommand = self.config.get("subcommand")
+        return (self.config[subcommand] if subcommand else self.config).get(key)
+
     @property
     def output_dir(self) -> Path:
-        return Path(self._get(self.config, "output_dir") or Path("checkpoints") / self.model.name)
+        """--output_dir, else checkpoints/<tutorial> (known from the config before the model exists)."""
+        return Path(self._setting("output_dir") or Path("checkpoints") / (self._config_tutorial() or self.model.name))
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         out = self.output_dir
@@ -178,30 +188,64 @@ class MnistCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # Lightning reads --ckpt_path's hyperparameters (model class included) while parsing; a file that
         # is not an mnist_lit checkpoint must fail here in one line, not in torch.load's traceback
-        given = self.config.get("subcommand") and self.config[self.config.subcommand].get("ckpt_path")
-        if given and given not in ("last", "best", "hpc"):
+        given = self._setting("ckpt_path")
+        if given == "last" and (self._setting("output_dir") or self._config_tutorial()):
+            last = self.output_dir / "last.ckpt"  # where Lightning will look: check that file here
+            if last.is_file():
+                checkpoint = self._read_last(last)
+                self._check_tutorial(str(last), checkpoint)
+                self._check_epochs(str(last), checkpoint)
+        elif given and given not in ("best", "hpc"):
             checkpoint = read_checkpoint(given)
             if "_class_path" not in checkpoint.get("hyper_parameters", {}):
                 raise UserError(f"{given}: records no model class (not saved by this CLI); it holds a "
                                 f"{checkpoint['mnist_lit']['tutorial']} model: load it with "
                                 "mnist_lit.models.TUTORIALS[name].load_from_checkpoint")
             self._check_tutorial(given, checkpoint)
+            self._check_epochs(given, checkpoint)
         super()._parse_ckpt_path()
+
+    @staticmethod
+    def _read_last(last: Path) -> dict[str, Any]:
+        """last.ckpt, or one line saying it is damaged and where the epoch before it is kept."""
+        try:
+            return read_checkpoint(last)
+        except UserError as e:
+            previous = last.with_name(PREVIOUS)
+            hint = (f"the epoch before it is kept: continue with --ckpt_path {previous}" if previous.is_file()
+                    else "no earlier checkpoint is kept: start again without --ckpt_path")
+            raise UserError(f"{e}; {hint}") from None
+
+    def _config_tutorial(self) -> str | None:
+        """The tutorial the config's model class is (None when the config names no model)."""
+        from mnist_lit.models import TUTORIALS
+
+        model = self._setting("model")
+        class_path = model.get("class_path") if model is not None and hasattr(model, "get") else None
+        return next((n for n, cls in TUTORIALS.items() if class_path and class_path.rsplit(".", 1)[-1] == cls.__name__), None)
+
+    def _check_epochs(self, path: str, checkpoint: dict[str, Any]) -> None:
+        """Resuming a run that already trained more epochs than --trainer.max_epochs asks for: one line (a
+        run whose last epoch is in the checkpoint resumes to its test and outputs, as it should)."""
+        if self.config.get("subcommand") != "fit":
+            return
+        done = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
+        wanted = self.config.fit.trainer.get("max_epochs")
+        if done is not None and wanted not in (None, -1) and done > wanted:
+            raise UserError(f"{path}: already trained {done} epochs, more than --trainer.max_epochs {wanted}; "
+                            f"ask for {done} or more to continue it, or evaluate it with `test --ckpt_path {path}`")
 
     def _check_tutorial(self, path: str, checkpoint: dict[str, Any]) -> None:
         """A checkpoint of another tutorial than the config's is refused: Lightning would quietly rebuild
         the checkpoint's model instead, and train it into the config's output folder."""
-        from mnist_lit.models import TUTORIALS
-
-        model = self.config[self.config.subcommand].get("model")
-        class_path = model.get("class_path") if model is not None and hasattr(model, "get") else None
-        wanted = next((n for n, cls in TUTORIALS.items() if class_path and class_path.rsplit(".", 1)[-1] == cls.__name__), None)
+        wanted = self._config_tutorial()
         held = checkpoint["mnist_lit"].get("tutorial")
         if wanted and held != wanted:
             raise UserError(f"{path}: holds the {held} tutorial, but the config is {wanted}'s; use --config {held}, "
                             "or another checkpoint")
         # same tutorial: Lightning rebuilds the model with the checkpoint's hyperparameters, whatever the
         # config or the command line says; name each value that changes that way
+        model = self._setting("model")
         asked = model.get("init_args") if model is not None and hasattr(model, "get") else None
         changed = [f"{k} {v!r} (not {asked.get(k)!r})" for k, v in checkpoint.get("hyper_parameters", {}).items()
                    if not k.startswith("_") and asked is not None and k in asked and asked.get(k) != v]

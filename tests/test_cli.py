@@ -64,7 +64,7 @@ def test_fit_writes_the_outputs_and_can_run_again(data_root: Path, tmp_path: Pat
     assert len(metrics["epoch_seconds"]) == 2 and all(s > 0 for s in metrics["epoch_seconds"])
     assert metrics["test_acc"] > 0.5, "the synthetic classes are easy: the run did not learn"
     assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(metrics["history"][-1])
-    assert sorted(p.name for p in out.glob("*.ckpt")) == ["last.ckpt", "model.ckpt"]
+    assert sorted(p.name for p in out.glob("*.ckpt")) == ["last.ckpt", "model.ckpt", "previous.ckpt"]
     assert (out / "model.pt").is_file()  # the tested model, for torch.jit.load
     ckpt = torch.load(out / "model.ckpt", weights_only=True)  # plain values only
     assert ckpt["mnist_lit"]["tutorial"] == "tiny_mlp" and ckpt["hyper_parameters"]["dataset"] == "mnist"

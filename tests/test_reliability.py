@@ -113,10 +113,12 @@ def test_bad_checkpoints_are_one_line(make, message, tmp_path: Path, capsys):
 def test_truncated_and_foreign_checkpoints(data_root: Path, tmp_path: Path, capsys):
     assert fit("dense512", data_root, tmp_path, "--trainer.max_epochs", "1") == 0
     capsys.readouterr()
-    # the checkpoint names its class, and Lightning builds that class: a dense512 test, not a crash
+    # another tutorial than the config's: one line naming both, not a test of a model nobody asked for
     assert run("test", "--config", "cnn", "--data.data_dir", str(data_root), "--output_dir", str(tmp_path / "t"),
-               "--ckpt_path", str(tmp_path / "model.ckpt")) == 0
-    assert "Test: loss: " in capsys.readouterr().out
+               "--ckpt_path", str(tmp_path / "model.ckpt")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the dense512 tutorial, but the config is cnn's" in err
+    assert not (tmp_path / "t").exists()
     # a checkpoint without its class (saved outside the CLI): named in one line, not a parser dump
     checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=True)
     del checkpoint["hyper_parameters"]["_class_path"]
@@ -143,3 +145,28 @@ def test_two_processes_split_each_epoch(data_root: Path, tmp_path: Path):
     assert metrics["steps"] == 3 * 10  # 640 samples, batch 32: 20 steps an epoch alone, 10 on each of 2 ranks
     assert metrics["test_samples"] == 200  # the test set split over the ranks, counted once
     assert metrics["test_acc"] > 0.5
+
+
+def test_damaged_last_checkpoint_names_the_previous_one_which_resumes(data_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "2") == 0
+    previous = out / "previous.ckpt"  # last.ckpt's predecessor: epoch 1 of 2
+    assert torch.load(previous, weights_only=True)["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 1
+    (out / "last.ckpt").write_bytes((out / "last.ckpt").read_bytes()[:5000])  # a bad copy, a full disk
+    capsys.readouterr()
+    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "3", "--ckpt_path", "last") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out / 'last.ckpt'}: not a readable checkpoint" in err
+    assert err.rstrip().endswith(f"the epoch before it is kept: continue with --ckpt_path {previous}")
+    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "3", "--ckpt_path", str(previous)) == 0
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_resume_past_max_epochs_is_one_line(data_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    assert fit("dense512", data_root, out, "--trainer.max_epochs", "3") == 0
+    capsys.readouterr()
+    assert fit("dense512", data_root, out, "--trainer.max_epochs", "1", "--ckpt_path", "last") == 1
+    assert capsys.readouterr().err == (f"mnist_lit: error: {out / 'last.ckpt'}: already trained 3 epochs, more than "
+                                       f"--trainer.max_epochs 1; ask for 3 or more to continue it, or evaluate it "
+                                       f"with `test --ckpt_path {out / 'last.ckpt'}`\n")

@@ -15,4 +15,4 @@ train: $(STAMP)
 	$(PY) -m mnist_lit fit --config configs/cnn.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import IO, Any, BinaryIO, Callable
+
+from mnist_lit.errors import UserError
 
 
 def write_bytes_from(path: str | Path, write: Callable[[BinaryIO], Any], keep_previous: Path | None = None) -> None:
@@ -30,3 +32,28 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def hold_folder(folder: str | Path) -> IO[str] | None:
+    """An exclusive lock on `folder/.lock` for as long as the returned file stays open, or one line
+    naming the process that holds it. The kernel drops the lock when its process ends, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # not on Linux or macOS: no lock
+        return None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise UserError(f"{folder}: another fit is writing here (process {holder}); wait for it to end, or "
+                        "give this one another --output_dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f

@@ -255,6 +255,8 @@ class MnistCLI(LightningCLI):
     def before_fit(self) -> None:
         if not self.trainer.is_global_zero:
             return
+        # before anything is written: a second fit into this folder would interleave its last.ckpt with ours
+        self._folder_lock = atomic.hold_folder(self.output_dir)
         if self.config[self.subcommand].get("ckpt_path") == "last":
             # a requeue script passes --ckpt_path last every time, the first time included
             folder = Path(getattr(self.trainer.checkpoint_callback, "dirpath", None) or self.output_dir)
@@ -269,6 +271,13 @@ class MnistCLI(LightningCLI):
                             "--data.val test, or run `test`")
 
     def after_fit(self) -> None:
+        try:
+            self._evaluate_and_save()
+        finally:  # (if fit itself fails, the lock goes with the process, or with this object in a test)
+            if getattr(self, "_folder_lock", None) is not None:
+                self._folder_lock.close()
+
+    def _evaluate_and_save(self) -> None:
         """Keras' `evaluate` after `fit`: test the final weights, save them, write metrics.json."""
         trainer, model = self.trainer, self.model
         if trainer.interrupted:

@@ -170,3 +170,21 @@ def test_resume_past_max_epochs_is_one_line(data_root: Path, tmp_path: Path, cap
     assert capsys.readouterr().err == (f"mnist_lit: error: {out / 'last.ckpt'}: already trained 3 epochs, more than "
                                        f"--trainer.max_epochs 1; ask for 3 or more to continue it, or evaluate it "
                                        f"with `test --ckpt_path {out / 'last.ckpt'}`\n")
+
+
+def test_a_second_fit_into_the_same_folder_refuses(data_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "shared"
+    first = cli_process("fit", "--config", "cnn", "--data.data_dir", str(data_root), "--output_dir", str(out),
+                        "--trainer.max_epochs", "200")
+    try:
+        wait_for(out / "last.ckpt", first)
+        capsys.readouterr()
+        assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "1") == 1
+        assert capsys.readouterr().err == (f"mnist_lit: error: {out}: another fit is writing here (process "
+                                           f"{first.pid}); wait for it to end, or give this one another --output_dir\n")
+        assert first.poll() is None and not (out / "metrics.json").exists()  # the first one goes on, alone
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    torch.load(out / "last.ckpt", weights_only=True)
+    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "1") == 0  # a killed holder leaves no lock

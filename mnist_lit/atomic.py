@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -12,16 +13,26 @@ from mnist_lit.errors import UserError
 
 def write_bytes_from(path: str | Path, write: Callable[[BinaryIO], Any], keep_previous: Path | None = None) -> None:
     """Let `write` fill a temporary file beside `path`, then rename it over `path`; with `keep_previous`,
-    the file it replaces is renamed there first (renames only: no copy, nothing half-written)."""
+    the file it replaces is renamed there first (renames only: no copy, nothing half-written).
+
+    A full disk or a file-size limit ends in one line naming the file, and the old file stays as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # the whole file in memory first (a few MB at most): a failed write is then our own OSError with its
+    # reason, where torch.save into a file reports only "unexpected pos"
+    buffer = io.BytesIO()
+    write(buffer)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            write(f)
+            f.write(buffer.getbuffer())
         if keep_previous is not None and path.exists():
             os.replace(path, keep_previous)
         os.replace(tmp, path)
+    except OSError as e:
+        kept = "the previous one is unchanged" if path.exists() else "nothing was written"
+        raise UserError(f"{path}: could not be written ({e.strerror or e}); {kept}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -37,8 +37,9 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 def start_up_lines_removed(err: str) -> list[str]:
-    """stderr without Lightning's usual start-up lines (seed, GPU/TPU)."""
-    return [line for line in err.splitlines() if line.strip() and not line.startswith(("Seed set", "GPU", "TPU"))]
+    """stderr without Lightning's usual start-up lines (seed, GPU/TPU, and on resume its restoring notices)."""
+    usual = ("Seed set", "GPU", "TPU", "Restoring states from", "Restored all states from")
+    return [line for line in err.splitlines() if line.strip() and not line.startswith(usual)]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -188,3 +189,29 @@ def test_a_second_fit_into_the_same_folder_refuses(data_root: Path, tmp_path: Pa
         first.wait()
     torch.load(out / "last.ckpt", weights_only=True)
     assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "1") == 0  # a killed holder leaves no lock
+
+
+def file_size_limit(limit: int):
+    """As when the disk fills up: writes past `limit` bytes fail (EFBIG) instead of killing the process."""
+    import resource
+
+    def apply() -> None:
+        default_sigint()
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_full_disk_while_saving_is_one_line_and_the_previous_files_stay(data_root: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "1") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.suffix in (".ckpt", ".json", ".pt")}
+    # a tiny_mlp checkpoint is about 160 KB: resuming for a second epoch cannot write it
+    done = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", "tiny_mlp", "--data.data_dir",
+                           str(data_root), "--output_dir", str(out), "--trainer.max_epochs", "2", "--ckpt_path", "last"],
+                          cwd=REPO, capture_output=True, text=True, preexec_fn=file_size_limit(100_000))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert start_up_lines_removed(done.stderr) == [
+        f"mnist_lit: error: {out / 'last.ckpt'}: could not be written (File too large); the previous one is unchanged"]
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.suffix in (".ckpt", ".json", ".pt")}
+    assert after == before and not list(out.glob(".*.tmp"))

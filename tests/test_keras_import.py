@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mnist_lit.errors import UserError
+from mnist_lit.export import read_torchscript
 from mnist_lit.keras_import import read_keras, to_torch
 from mnist_lit.models import CNN, TinyMLP
 from tests.test_cli import run
@@ -39,7 +40,7 @@ def test_imported_model_gives_keras_probabilities(file: str, data_root: Path, tm
     assert f"the {name} tutorial" in printed and "Test: loss: " in printed  # data at hand: evaluated
     x, probs = trace_inputs(name)
     with torch.no_grad():
-        ours = torch.jit.load(str(out / "model.pt"))(x).numpy()
+        ours = read_torchscript(out / "model.pt")[0](x).numpy()
     np.testing.assert_allclose(ours, probs, rtol=0, atol=1e-5)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tutorial"] == name and metrics["test_samples"] == 200  # the synthetic test split

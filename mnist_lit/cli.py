@@ -39,7 +39,7 @@ from mnist_lit.models.base import read_checkpoint
 
 CONFIG_DIRS = (Path("configs"), Path(__file__).resolve().parent.parent / "configs")
 CONFIG_FLAGS = ("--config", "-c")
-PREVIOUS = "previous.ckpt"  # last.ckpt's predecessor (its name must not start with "last": see _parse_ckpt_path)
+PREVIOUS = "previous.ckpt"  # last.ckpt's predecessor; not "last-...": Lightning resumes the newest last*.ckpt
 
 
 def resolve_config(value: str) -> str:
@@ -189,9 +189,12 @@ class MnistCLI(LightningCLI):
         # Lightning reads --ckpt_path's hyperparameters (model class included) while parsing; a file that
         # is not an mnist_lit checkpoint must fail here in one line, not in torch.load's traceback
         given = self._setting("ckpt_path")
+        self._missing_last: Path | None = None  # --ckpt_path last with nothing to resume: before_fit says so
         if given == "last" and (self._setting("output_dir") or self._config_tutorial()):
             last = self.output_dir / "last.ckpt"  # where Lightning will look: check that file here
-            if last.is_file():
+            if not last.is_file():
+                self._missing_last = last
+            else:
                 checkpoint = self._read_last(last)
                 self._check_tutorial(str(last), checkpoint)
                 self._check_epochs(str(last), checkpoint)
@@ -216,21 +219,25 @@ class MnistCLI(LightningCLI):
                     else "no earlier checkpoint is kept: start again without --ckpt_path")
             raise UserError(f"{e}; {hint}") from None
 
+    def _model_setting(self, key: str) -> Any:
+        """The config's model `class_path` or `init_args` (None when the config names no model)."""
+        model = self._setting("model")
+        return model.get(key) if model is not None and hasattr(model, "get") else None
+
     def _config_tutorial(self) -> str | None:
         """The tutorial the config's model class is (None when the config names no model)."""
         from mnist_lit.models import TUTORIALS
 
-        model = self._setting("model")
-        class_path = model.get("class_path") if model is not None and hasattr(model, "get") else None
+        class_path = self._model_setting("class_path")
         return next((n for n, cls in TUTORIALS.items() if class_path and class_path.rsplit(".", 1)[-1] == cls.__name__), None)
 
     def _check_epochs(self, path: str, checkpoint: dict[str, Any]) -> None:
         """Resuming a run that already trained more epochs than --trainer.max_epochs asks for: one line (a
         run whose last epoch is in the checkpoint resumes to its test and outputs, as it should)."""
         if self.config.get("subcommand") != "fit":
-            return
+            return  # test/validate/predict read only the weights
         done = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
-        wanted = self.config.fit.trainer.get("max_epochs")
+        wanted = self._setting("trainer").get("max_epochs")
         if done is not None and wanted not in (None, -1) and done > wanted:
             raise UserError(f"{path}: already trained {done} epochs, more than --trainer.max_epochs {wanted}; "
                             f"ask for {done} or more to continue it, or evaluate it with `test --ckpt_path {path}`")
@@ -245,8 +252,7 @@ class MnistCLI(LightningCLI):
                             "or another checkpoint")
         # same tutorial: Lightning rebuilds the model with the checkpoint's hyperparameters, whatever the
         # config or the command line says; name each value that changes that way
-        model = self._setting("model")
-        asked = model.get("init_args") if model is not None and hasattr(model, "get") else None
+        asked = self._model_setting("init_args")
         changed = [f"{k} {v!r} (not {asked.get(k)!r})" for k, v in checkpoint.get("hyper_parameters", {}).items()
                    if not k.startswith("_") and asked is not None and k in asked and asked.get(k) != v]
         if changed and os.environ.get("LOCAL_RANK", "0") == "0":
@@ -257,11 +263,10 @@ class MnistCLI(LightningCLI):
             return
         # before anything is written: a second fit into this folder would interleave its last.ckpt with ours
         self._folder_lock = atomic.hold_folder(self.output_dir)
-        if self.config[self.subcommand].get("ckpt_path") == "last":
+        if getattr(self, "_missing_last", None) is not None:
             # a requeue script passes --ckpt_path last every time, the first time included
-            folder = Path(getattr(self.trainer.checkpoint_callback, "dirpath", None) or self.output_dir)
-            if not any(folder.glob("last*.ckpt")):
-                print(f"--ckpt_path last: no last.ckpt in {folder} yet, so training starts from scratch", flush=True)
+            print(f"--ckpt_path last: no last.ckpt in {self._missing_last.parent} yet, so training starts from scratch",
+                  flush=True)
         print(report.keras_summary(self.model.net, self.model.name), flush=True)  # Keras' model.summary()
 
     def before_validate(self) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -125,9 +127,55 @@ class InterruptNotice(Callback):
     """On Ctrl-C or SIGTERM, one line saying what was kept and how to continue.
 
     Lightning then exits with status 1 after Ctrl-C. SIGTERM (from `kill`, SLURM, Kubernetes, systemd)
-    lets the epoch under way finish and its checkpoint be written, then raises `SIGTERMException`, for
-    which `mnist_lit.cli.main` exits with 143 (128 + SIGTERM) so a scheduler does not record success.
+    only sets a flag. Training stops at the end of the step under way, evaluation at its end, and the
+    command exits with 143 (128 + SIGTERM, in `mnist_lit.cli.main`) so a scheduler does not record success;
+    last.ckpt keeps the last finished epoch. Under DDP the ranks agree on the flag after every step (any
+    rank's SIGTERM stops all of them, at the same step). This replaces Lightning's own SIGTERM handler,
+    which runs a collective inside the signal handler and so deadlocks ranks that are in another one.
     """
+
+    def __init__(self) -> None:
+        self.sigterm = False
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.sigterm = True
+
+    def _listen(self) -> None:
+        # each trainer stage installs Lightning's handler as it starts (and restores the old one at its end)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _stop_if_asked(self, trainer: L.Trainer) -> None:
+        stop = self.sigterm  # every rank reaches this point as often as every other: the vote cannot hang
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            raise SIGTERMException
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._listen()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._listen()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._listen()
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._listen()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._stop_if_asked(trainer)
+
+    # evaluation batches may differ in number between ranks: they vote once, at the end
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_asked(trainer)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_asked(trainer)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_asked(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or not trainer.is_global_zero:

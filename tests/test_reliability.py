@@ -148,6 +148,60 @@ def test_two_processes_split_each_epoch(data_root: Path, tmp_path: Path):
     assert metrics["test_acc"] > 0.5
 
 
+def ddp_fit(data_root: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """dense512 (no dropout: a resumed run can match exactly) in two CPU processes, in a session of its own."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mnist_lit", "fit", "--config", "dense512", "--data.data_dir",
+                             str(data_root), "--output_dir", str(out), "--trainer.strategy", "ddp", "--trainer.devices",
+                             "2", "--trainer.accelerator", "cpu", *extra], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint,
+                            start_new_session=True)
+
+
+def second_rank(proc: subprocess.Popen) -> int:
+    """The process Lightning started for rank 1 (rank 0 is `proc` itself)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise AssertionError("rank 1 never started")
+
+
+@pytest.mark.parametrize("who", ["every rank", "rank 1 alone"])
+def test_sigterm_under_ddp_stops_every_rank_in_one_line_and_resumes(who: str, data_root: Path, tmp_path: Path):
+    epochs = ("--trainer.max_epochs", "300")
+    out = tmp_path / "stopped"
+    proc = ddp_fit(data_root, out, *epochs)
+    rank1 = second_rank(proc)
+    try:
+        wait_for(out / "last.ckpt", proc)
+        time.sleep(0.5)  # inside a later epoch
+        if who == "every rank":  # as SLURM and Kubernetes do
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:  # the ranks agree: one rank's SIGTERM stops both, at the same step
+            os.kill(rank1, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)  # before the fix: a 30-minute hang in a collective, then a traceback
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
+    assert not Path(f"/proc/{rank1}").exists() or "zombie" in Path(f"/proc/{rank1}/status").read_text()
+    assert not (out / "metrics.json").exists(), "the signal came too late to test anything"
+    stops = [line for line in err.splitlines() if "SIGTERM" in line]
+    assert len(stops) == 1 and stops[0].startswith("Stopped by SIGTERM after epoch "), err[-3000:]
+    assert stops[0].endswith("--trainer.accelerator cpu --trainer.max_epochs 300 --ckpt_path last")
+    if who != "every rank":
+        return
+    resumed = ddp_fit(data_root, out, *epochs, "--ckpt_path", "last")
+    whole = ddp_fit(data_root, tmp_path / "whole", *epochs)
+    for run in (resumed, whole):
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err[-3000:]
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))
+    assert (a["steps"], a["test_acc"], a["test_loss"]) == (b["steps"], b["test_acc"], b["test_loss"])
+
+
 def test_damaged_last_checkpoint_names_the_previous_one_which_resumes(data_root: Path, tmp_path: Path, capsys):
     out = tmp_path / "run"
     assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "2") == 0

@@ -11,7 +11,8 @@ from mnist_lit import memory
 from mnist_lit.errors import UserError
 
 # commands of our own (everything else goes to the Lightning CLI) and the module that runs each
-COMMANDS = {"report": "report", "export": "export", "classify": "classify", "import-keras": "keras_import"}
+COMMANDS = {"report": "report", "export": "export", "classify": "classify", "import-keras": "keras_import",
+            "serve": "serve"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -32,11 +32,16 @@ class ImageError(Exception):
     """This one file cannot be classified; the others still are."""
 
 
+class NotAnImage(ImageError):
+    """The bytes are no image format that Pillow reads."""
+
+
 # ---------------------------------------------------------------- images
 
 
-def load_gray(path: Path) -> np.ndarray:
-    """Any image file as a float32 grey array in [0, 255] (first frame of an animation)."""
+def load_gray(path: Path | BinaryIO) -> np.ndarray:
+    """Any image file (a path or an open binary file) as a float32 grey array in [0, 255] (first frame of
+    an animation)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -49,8 +54,9 @@ def load_gray(path: Path) -> np.ndarray:
             image.seek(0)  # animated GIF / multi-page TIFF: the first frame
             image.load()
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"not an image ({e.__class__.__name__})" if isinstance(e, UnidentifiedImageError)
-                         else "image is too large (decompression bomb)") from None
+        if isinstance(e, UnidentifiedImageError):
+            raise NotAnImage("not an image format this reads (PNG, JPEG, GIF, BMP, TIFF, WebP, PGM...)") from None
+        raise ImageError("image is too large (decompression bomb)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"unreadable image ({str(e).splitlines()[0] if str(e) else e.__class__.__name__})") from None
     if min(image.size) < MIN_SIDE:
@@ -188,21 +194,31 @@ def image_files(arguments: list[str]) -> list[Path]:
     return files
 
 
+def frame(meta: dict[str, Any], source: Path | BinaryIO) -> torch.Tensor:
+    """An image file as the model's data set frames it: 1 x 28 x 28 in [0, 1]. Raises ImageError."""
+    gray = load_gray(source)
+    return (to_fashion if meta.get("dataset") == "fashion_mnist" else to_mnist)(gray)
+
+
+def answer(meta: dict[str, Any], probs: torch.Tensor) -> dict[str, Any]:
+    """One image's 10 probabilities as the class name, its index and probability, and all ten."""
+    index = int(probs.argmax())
+    return {"class": meta["classes"][index], "index": index, "probability": round(float(probs[index]), 6),
+            "probabilities": [round(float(p), 6) for p in probs]}
+
+
 def classify(model, meta: dict[str, Any], path: Path, save_dir: Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise ImageError("no such file")
-    gray = load_gray(path)
-    frame = to_fashion if meta.get("dataset") == "fashion_mnist" else to_mnist
-    image = frame(gray)
+    if path.stat().st_size == 0:
+        raise ImageError("empty file")
+    image = frame(meta, path)
     if save_dir is not None:
         from PIL import Image
 
         save_dir.mkdir(parents=True, exist_ok=True)
         Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(save_dir / f"{path.stem}.png")
-    probs = model(image[None])[0]
-    index = int(probs.argmax())
-    return {"file": str(path), "class": meta["classes"][index], "index": index,
-            "probability": round(float(probs[index]), 6), "probabilities": [round(float(p), 6) for p in probs]}
+    return {"file": str(path), **answer(meta, model(image[None])[0])}
 
 
 def main(argv: list[str]) -> int:

@@ -97,7 +97,7 @@ def test_bad_images_fail_one_line_each_and_the_rest_still_run(model_file: Path, 
     assert set(results) == set(names)
     assert "class" in results["good.png"] and "class" in results["anim.gif"]  # first frame used
     assert results["notes.txt"]["error"].startswith("not an image")
-    assert results["empty.png"]["error"].startswith("not an image")
+    assert results["empty.png"]["error"] == "empty file"
     assert results["cut.png"]["error"].startswith(("unreadable image", "not an image"))
     assert results["blank.png"]["error"] == "no ink found (blank image)"
     assert results["dot.png"]["error"] == "image is 1x1 pixels, too small to hold a digit"

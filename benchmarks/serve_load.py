@@ -1,0 +1,154 @@
+"""Load on `python -m mnist_lit serve`: C concurrent clients on localhost posting real MNIST test digits.
+
+    python benchmarks/serve_load.py [--model checkpoints/cnn/model.pt] [--clients 1 8 32]
+                                    [--requests 3000] [--seconds 10]
+
+For batching on (the server's default) and off (--max-batch-size 1) it starts the server, waits for
+/health, then for each C runs C keep-alive connections, each posting one PNG at a time, until `--requests`
+answers or `--seconds` have passed, whichever comes first. It prints requests/s, p50 and p99 latency, the
+error count (anything but a 200 with the right keys) and how many answers named the digit's true label.
+The clients run in this process (asyncio, raw HTTP/1.1) on the same machine as the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def digits(count: int) -> list[tuple[bytes, int]]:
+    """The first `count` MNIST test images as PNG files, with their labels."""
+    from PIL import Image
+
+    from mnist_lit.data import load_split, locate
+
+    images, labels = load_split(locate("mnist", REPO / "data", allow_download=False), "test")  # shipped
+    out = []
+    for image, label in zip(images[:count], labels[:count]):
+        buffer = io.BytesIO()
+        Image.fromarray(image[0].numpy()).save(buffer, format="PNG")
+        out.append((buffer.getvalue(), int(label)))
+    return out
+
+
+def request_bytes(png: bytes, port: int) -> bytes:
+    boundary = b"mnistlitload"
+    body = (b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"image\"; filename=\"digit.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + png + b"\r\n--" + boundary + b"--\r\n")
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; "
+            f"boundary={boundary.decode()}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def client(port: int, requests: list[tuple[bytes, int]], start: int, stop_at: float, budget: list[int],
+                 latencies: list[float], results: dict[str, int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = start
+    try:
+        while budget[0] > 0 and time.perf_counter() < stop_at:
+            budget[0] -= 1
+            payload, label = requests[i % len(requests)]
+            i += 1
+            sent = time.perf_counter()
+            writer.write(payload)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            body = await reader.readexactly(length)
+            latencies.append(time.perf_counter() - sent)
+            answer = json.loads(body) if head.startswith(b"HTTP/1.1 200") else {}
+            if "index" not in answer or len(answer.get("probabilities", ())) != 10:
+                results["errors"] += 1
+            elif answer["index"] == label:
+                results["right"] += 1
+    except (ConnectionError, asyncio.IncompleteReadError):
+        results["errors"] += 1
+    finally:
+        writer.close()
+
+
+async def load(port: int, requests: list[tuple[bytes, int]], clients: int, total: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    results = {"errors": 0, "right": 0}
+    budget = [total]
+    began = time.perf_counter()
+    await asyncio.gather(*(client(port, requests, k * 7, began + seconds, budget, latencies, results)
+                           for k in range(clients)))
+    wall = time.perf_counter() - began
+    ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return {"clients": clients, "answers": len(latencies), "rps": len(latencies) / wall,
+            "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), **results}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_lit", "serve", "--model", model, "--port", str(port),
+                             *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"serve_load: the server stopped: {proc.stderr.read().strip()}")
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("serve_load: the server did not become healthy in 120 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(REPO / "checkpoints" / "cnn" / "model.pt"))
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=3000, help="at most this many requests per run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="at most this long per run")
+    parser.add_argument("--images", type=int, default=500, help="distinct test digits posted")
+    parser.add_argument("--batching", nargs="+", default=["16:0.001", "1:0"], metavar="MAX:TIMEOUT",
+                        help="server settings to compare: --max-batch-size and --batch-timeout (1:0 is off)")
+    args = parser.parse_args()
+    if not Path(args.model).is_file():
+        raise SystemExit(f"serve_load: {args.model}: no such model file; train one with `make train`")
+    requests_by_port = {}
+    print(f"model {args.model}; {os.cpu_count()} CPUs; up to {args.requests} requests or {args.seconds:g} s per run")
+    print(f"{'batching':<22} {'C':>3} {'answers':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'right':>7}")
+    for setting in args.batching:
+        size, timeout = setting.split(":")
+        name = "off" if size == "1" else f"max {size}, {float(timeout) * 1000:g} ms"
+        extra = ["--max-batch-size", size, "--batch-timeout", timeout]
+        port = free_port()
+        server = start_server(args.model, port, extra)
+        try:
+            requests = requests_by_port.setdefault(port, [(request_bytes(png, port), label)
+                                                          for png, label in digits(args.images)])
+            asyncio.run(load(port, requests, 4, 200, 5.0))  # warm-up: first calls, connections, caches
+            for clients in args.clients:
+                r = asyncio.run(load(port, requests, clients, args.requests, args.seconds))
+                print(f"{name:<22} {clients:>3} {r['answers']:>8} {r['rps']:>8.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
+                      f"{r['errors']:>7} {r['right'] / max(r['answers'], 1):>7.3f}", flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

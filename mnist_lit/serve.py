@@ -1,0 +1,263 @@
+"""Serve a model over HTTP with LitServe: a page to draw a digit on, and a JSON API for programs.
+
+    python -m mnist_lit serve --model checkpoints/cnn/model.pt      # then open http://127.0.0.1:8000/
+    curl -F image=@digit.png http://127.0.0.1:8000/predict
+
+    POST /predict  a multipart form with the image file in the field `image` -> JSON: class, index,
+                   probability, the ten probabilities and the ten class names. The image is framed
+                   exactly as `classify` frames it. Requests are grouped by LitServe's dynamic batching.
+                   A bad request gets a 4xx answer with {"error": "<one line>"}.
+    GET  /         the page: a pad to draw on, a photo upload, the prediction and its ten probabilities
+    GET  /health   "ok" once the model is loaded in every worker
+    GET  /info     the model's metadata (tutorial, data set, class names) and the server's settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnist_lit import classify
+from mnist_lit.errors import UserError
+
+MAX_BODY = 10 * 1024 * 1024  # bytes in one request; larger ones are answered 413 before they are read
+PAGE = Path(__file__).with_name("serve_page.html")
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds
+HOW = "send the image file in the multipart form field 'image', e.g. curl -F image=@digit.png URL/predict"
+
+
+@dataclass
+class Refusal:
+    """A request this server cannot answer with a prediction: its HTTP status and the reason, one line."""
+
+    status: int
+    error: str
+
+
+try:
+    import litserve as ls
+    from fastapi import HTTPException
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.formparsers import MultiPartParser
+    import python_multipart  # noqa: F401  (starlette reads forms with it)
+except ImportError as e:  # the `serve` extra is not installed: main() says so in one line
+    ls, MISSING = None, e.name
+else:
+    MISSING = None
+    # Uploads stay in memory up to the body limit (starlette spools parts over 1 MB to a temporary file,
+    # which cannot travel to LitServe's inference worker)
+    MultiPartParser.spool_max_size = MAX_BODY
+
+
+class DigitAPI(ls.LitAPI if ls else object):
+    """One image in, its class and probabilities out. Runs in LitServe's inference worker(s)."""
+
+    def __init__(self, model: str, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
+        self.model_path = model
+
+    def setup(self, device: str) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; the server stops this one
+        self.model, self.meta = classify.load_model(self.model_path)
+        torch.set_num_threads(1)  # many small requests: one thread each worker, the HTTP side keeps a core
+        # every batch size twice before the first request: TorchScript profiles a new input shape on its
+        # first call and optimises for it on the second, work that should not land on a request
+        for size in range(1, self.max_batch_size + 1):
+            for _ in range(2):
+                self.model(torch.zeros(size, 1, 28, 28))
+        gc.freeze()  # as in main: torch's objects are not scanned by the collector
+
+    # no annotations on decode_request's argument or encode_response's result: LitServe reads them as the
+    # endpoint's request and response types
+    def decode_request(self, request):  # noqa: ANN001
+        # no exception may leave this method: LitServe would fail the whole batch the request is in
+        upload = request.get("image") if hasattr(request, "get") else None
+        if upload is None or isinstance(upload, str):
+            return Refusal(400, f"no image: {HOW}")
+        try:
+            data = upload.file.read()
+            if not data:
+                return Refusal(400, "the file in the field 'image' is empty")
+            return classify.frame(self.meta, io.BytesIO(data))
+        except classify.NotAnImage as e:
+            return Refusal(415, str(e))
+        except classify.ImageError as e:
+            return Refusal(422, str(e))
+        except Exception as e:  # a bug here: this request's answer says so, the others in its batch go on
+            logging.getLogger(__name__).exception("framing an image failed")
+            return Refusal(500, f"the server could not frame this image ({e.__class__.__name__})")
+
+    def batch(self, inputs: list) -> list:
+        return inputs  # images and refusals side by side: predict stacks the images
+
+    def unbatch(self, outputs: list) -> list:
+        return outputs
+
+    def predict(self, x: Any) -> Any:
+        items = x if isinstance(x, list) else [x]  # a list when batching, one item when not
+        images = [item for item in items if isinstance(item, torch.Tensor)]
+        probs = iter(self.model(torch.stack(images)) if images else [])
+        out = [next(probs) if isinstance(item, torch.Tensor) else item for item in items]
+        return out if isinstance(x, list) else out[0]
+
+    def encode_response(self, output: Any):  # noqa: ANN201
+        if isinstance(output, Refusal):
+            return JSONResponse({"error": output.error}, status_code=output.status)
+        return JSONResponse({**classify.answer(self.meta, output), "classes": self.meta["classes"]})
+
+
+class RequestLimits:
+    """Answers in one JSON line, before the request reaches LitServe: a body over MAX_BODY (413) and a
+    POST /predict that is not a form (415; LitServe would read it as JSON and fail with 500)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            return await refuse(send, 413, f"request body over {MAX_BODY // (1024 * 1024)} MB")
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        if scope["path"] == "/predict" and scope["method"] == "POST" and not content_type.startswith(
+                ("multipart/form-data", "application/x-www-form-urlencoded")):
+            return await refuse(send, 415, f"not a form ({content_type or 'no content type'}): {HOW}")
+        seen = 0
+
+        async def counted() -> dict:  # a body sent in chunks, without a length
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY:
+                raise HTTPException(413, f"request body over {MAX_BODY // (1024 * 1024)} MB")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def refuse(send: Any, status: int, error: str) -> None:
+    await JSONResponse({"error": error}, status_code=status)({"type": "http"}, None, send)
+
+
+def error_as_json(request: Any, exc: StarletteHTTPException) -> JSONResponse:
+    """Every HTTP error as {"error": "<one line>"}, LitServe's and FastAPI's included."""
+    if exc.status_code == 405 and request.url.path == "/predict":
+        error = f"{request.method} /predict: use POST; {HOW}"
+    elif exc.status_code == 500 and isinstance(exc.__cause__, StarletteHTTPException):
+        # starlette's 400 for a malformed form, which LitServe's handler (catching FastAPI's subclass) made a 500
+        return error_as_json(request, exc.__cause__)
+    elif exc.status_code == 404:
+        error = f"no such path: {request.url.path}"
+    else:
+        error = str(exc.detail).splitlines()[0] if exc.detail else "error"
+    return JSONResponse({"error": error}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def page(meta: dict[str, Any]) -> str:
+    """The drawing page, with this model's class names and data set written in."""
+    fashion = meta.get("dataset") == "fashion_mnist"
+    settings = {"classes": meta["classes"], "fashion": fashion}
+    title = "Draw a piece of clothing" if fashion else "Draw a digit"
+    return (PAGE.read_text(encoding="utf-8").replace("{{TITLE}}", title)
+            .replace("{{SETTINGS}}", json.dumps(settings).replace("<", "\\u003c")))
+
+
+def build(model: str, meta: dict[str, Any], max_batch_size: int, batch_timeout: float, workers: int) -> Any:
+    """The LitServer: our API, our page at / in place of LitServe's, errors as one JSON line."""
+    api = DigitAPI(model, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=workers, model_metadata=meta,
+                          disable_openapi_url=True, fast_queue=True)  # ZeroMQ answers
+    app = server.app
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]
+    html = page(meta)
+    app.add_api_route("/", lambda: HTMLResponse(html), methods=["GET"], include_in_schema=False)
+    app.add_exception_handler(StarletteHTTPException, error_as_json)
+    app.add_middleware(RequestLimits)
+    return server
+
+
+def port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise UserError(f"port {port} on {host}: {e.strerror}; choose another with --port") from None
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m mnist_lit serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a .ckpt, .pt (TorchScript), .pt2 or .onnx model file")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on: 127.0.0.1 (this machine only, the default), 0.0.0.0 or ::")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on, 1024 to 65535 (default 8000)")
+    parser.add_argument("--max-batch-size", type=int, default=16,
+                        help="requests grouped into one model call by LitServe's dynamic batching; 1: off")
+    parser.add_argument("--batch-timeout", type=float, default=0.001,
+                        help="seconds a batch waits to fill up (default 0.001)")
+    parser.add_argument("--workers", type=int, default=1, help="inference worker processes (default 1)")
+    args = parser.parse_args(argv)
+    if args.host not in HOSTS:
+        raise UserError(f"--host {args.host}: LitServe listens on one of {', '.join(HOSTS)}")
+    if not 1024 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: choose a port from 1024 to 65535")
+    if args.max_batch_size < 1 or args.workers < 1:
+        raise UserError("--max-batch-size and --workers must be 1 or more")
+    if not 0 <= args.batch_timeout <= 10:
+        raise UserError(f"--batch-timeout {args.batch_timeout}: give seconds from 0 to 10")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    if MISSING:
+        raise UserError(f"serving needs LitServe ({MISSING} is not installed): pip install 'mnist-lit[serve]'")
+    _, meta = classify.load_model(args.model)  # a bad model file: one line, before any server starts
+    port_free(args.host, args.port)
+    server = build(args.model, meta, args.max_batch_size, args.batch_timeout, args.workers)
+    local = "127.0.0.1" if args.host == "0.0.0.0" else "[::1]" if args.host == "::" else args.host
+    batching = f"batches of up to {args.max_batch_size}" if args.max_batch_size > 1 else "no batching"
+    print(f"Serving {args.model} ({meta['tutorial']}, {batching}): open http://{local}:{args.port}/ to draw, "
+          f"or POST images to http://{local}:{args.port}/predict. Ctrl-C stops.", flush=True)
+    stop_on_sigterm()
+    # the objects of torch and the web stack, imported by now, are never garbage: a full collection in the
+    # HTTP process would otherwise scan them all, a stall of about 0.15 s on every request under way then
+    gc.freeze()
+    try:
+        server.run(host=args.host, port=args.port, log_level="warning", generate_client_file=False,
+                   num_api_servers=1)
+    except KeyboardInterrupt:  # a second Ctrl-C during LitServe's own shutdown
+        pass
+    print("Server stopped.", flush=True)
+    return 0
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (systemd, Kubernetes, `kill`) shuts the server down as Ctrl-C does: LitServe then stops its
+    HTTP and inference processes. By default only this process would die, and they would go on serving."""
+    main_pid = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:  # a forked LitServe process that kept this handler: die as by default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,435 @@
+"""`python -m mnist_lit serve`: the real server in a subprocess, real HTTP, and a real browser on its page."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import write_idx_folder
+from tests.test_cli import REPO, run
+
+pytest.importorskip("litserve", reason="serving needs the serve extra: pip install -e '.[serve]'")
+
+
+# ---------------------------------------------------------------- a server in a subprocess
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m mnist_lit serve` on a free localhost port, in a session of its own."""
+
+    def __init__(self, model: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "mnist_lit", "serve", "--model", str(model), "--port",
+                                      str(self.port), *extra], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, start_new_session=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.proc.poll() is None, self.proc.communicate()
+            assert time.monotonic() < deadline, "the server never became healthy"
+            try:
+                if urllib.request.urlopen(f"{self.url}/health", timeout=2).read() == b"ok":
+                    return
+            except OSError:
+                time.sleep(0.2)
+
+    def processes(self) -> list[int]:
+        """Every process of the server's session still alive: the server, LitServe's HTTP and inference ones."""
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == self.proc.pid and fields[0] != "Z":  # session id, state
+                alive.append(int(stat.parent.name))
+        return alive
+
+    def stop(self, sig: int = signal.SIGTERM, group: bool = False) -> tuple[str, str]:
+        os.killpg(self.proc.pid, sig) if group else self.proc.send_signal(sig)
+        try:
+            return self.proc.communicate(timeout=60)
+        finally:
+            if self.proc.poll() is None or self.processes():
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def form(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, str]:
+    """A multipart/form-data body: a (filename, bytes) pair is a file, a str a plain field."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        if isinstance(value, str):
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        else:
+            filename, data = value
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                         f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def request(server: Server, method: str, path: str, body: bytes | None = None,
+            content_type: str | None = None) -> tuple[int, dict | str]:
+    headers = {"Content-Type": content_type} if content_type else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(server.url + path, data=body, method=method,
+                                                           headers=headers), timeout=30) as answer:
+            status, text, kind = answer.status, answer.read().decode(), answer.headers.get("content-type", "")
+    except urllib.error.HTTPError as e:
+        status, text, kind = e.code, e.read().decode(), e.headers.get("content-type", "")
+    return status, json.loads(text) if kind.startswith("application/json") else text
+
+
+def predict(server: Server, data: bytes, filename: str = "digit.png") -> tuple[int, dict]:
+    return request(server, "POST", "/predict", *form({"image": (filename, data)}))
+
+
+def png(array: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).convert(mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def stroke_digit() -> np.ndarray:
+    """A "1" as a pen draws it: a dark slanted bar on light paper, off-centre in a 200 x 150 frame."""
+    paper = np.full((200, 150), 235.0)
+    for row in range(30, 170):
+        col = 70 + (170 - row) // 12
+        paper[row, col - 5: col + 5] = 25
+    return paper
+
+
+# ---------------------------------------------------------------- models
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """dense512 after one epoch on the shipped MNIST (about 0.95), and fashion_mlp on synthetic data."""
+    root = tmp_path_factory.mktemp("serve")
+    data = root / "data"
+    write_idx_folder(data / "FashionMNIST" / "raw")
+    made = {}
+    for name, extra in (("dense512", []), ("fashion_mlp", ["--data.data_dir", str(data)])):
+        out = root / name
+        done = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", name, "--output_dir", str(out),
+                               "--trainer.max_epochs", "1", *extra], cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        made[name] = out / "model.pt"
+    return made
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    running = Server(models["dense512"])
+    yield running
+    running.stop()
+
+
+def classify_json(model: Path, image: Path) -> dict:
+    done = subprocess.run([sys.executable, "-m", "mnist_lit", "classify", "--model", str(model), str(image), "--json"],
+                          cwd=REPO, capture_output=True, text=True)
+    return json.loads(done.stdout.splitlines()[0])
+
+
+# ---------------------------------------------------------------- the API
+
+
+def test_predict_answers_as_classify_does(server: Server, models, tmp_path: Path):
+    (tmp_path / "one.png").write_bytes(png(stroke_digit()))
+    status, answer = predict(server, (tmp_path / "one.png").read_bytes())
+    assert status == 200
+    assert set(answer) == {"class", "index", "probability", "probabilities", "classes"}
+    assert answer["classes"] == [str(d) for d in range(10)] and answer["class"] == "1"
+    assert answer["index"] == int(np.argmax(answer["probabilities"])) == 1
+    assert sum(answer["probabilities"]) == pytest.approx(1, abs=1e-4)
+    expected = classify_json(models["dense512"], tmp_path / "one.png")  # one framing, one model: the same numbers
+    assert answer["probabilities"] == pytest.approx(expected["probabilities"], abs=2e-6)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "CMYK", "I;16", "GIF"])
+def test_unusual_image_modes_are_answered_as_classify_answers_them(mode: str, server: Server, models, tmp_path):
+    gray = stroke_digit()
+    path = tmp_path / f"digit.{ {'CMYK': 'jpg', 'I;16': 'tiff', 'GIF': 'gif'}.get(mode, 'png') }"
+    if mode == "I;16":
+        Image.fromarray((gray * 257).astype(np.uint16)).save(path)
+    elif mode == "GIF":  # animated: the first frame is the digit, the second is blank paper
+        frames = [Image.fromarray(gray.astype(np.uint8)), Image.new("L", (150, 200), 235)]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    elif mode == "RGBA":  # ink on transparent paper
+        rgba = np.zeros((200, 150, 4), dtype=np.uint8)
+        rgba[..., 3] = (gray < 128) * 255
+        Image.fromarray(rgba, "RGBA").save(path)
+    else:
+        Image.fromarray(gray.astype(np.uint8)).convert(mode).save(path)
+    status, answer = predict(server, path.read_bytes(), path.name)
+    assert status == 200, answer
+    expected = classify_json(models["dense512"], path)
+    assert (answer["class"], answer["probabilities"]) == (expected["class"], pytest.approx(expected["probabilities"],
+                                                                                            abs=2e-6))
+
+
+def cut_png() -> bytes:
+    data = png(np.random.default_rng(0).integers(0, 255, (300, 300)))
+    return data[: len(data) // 2]
+
+
+def bomb_png() -> bytes:  # 9000 x 9000 one-bit pixels: about 10 KB on the wire, 81 megapixels decoded
+    buffer = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+BAD_FILES = {  # what is sent in the field "image" -> status and the start of the one-line reason
+    "empty file": (b"", 400, "the file in the field 'image' is empty"),
+    "not an image": (b"%PDF-1.4 a document", 415, "not an image format this reads"),
+    "truncated image": (cut_png(), 422, "unreadable image (image file is truncated)"),
+    "decompression bomb": (bomb_png(), 422, "image of 9000x9000 is over 50 megapixels"),
+    "blank image": (png(np.full((100, 100), 240.0)), 422, "no ink found (blank image)"),
+}
+
+
+def assert_refused(status: int, answer, expected_status: int, reason: str) -> None:
+    assert status == expected_status, answer
+    assert isinstance(answer, dict) and list(answer) == ["error"], answer
+    assert answer["error"].startswith(reason) and "\n" not in answer["error"]
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_bad_image_is_a_4xx_with_one_line_and_the_server_goes_on(case: str, server: Server):
+    data, expected, reason = BAD_FILES[case]
+    assert_refused(*predict(server, data), expected, reason)
+    assert predict(server, png(stroke_digit()))[0] == 200
+
+
+def test_bad_requests_are_4xx_with_one_line(server: Server):
+    how = "send the image file in the multipart form field 'image'"
+    assert_refused(*request(server, "POST", "/predict", *form({"photo": ("a.png", png(stroke_digit()))})),
+                   400, f"no image: {how}")
+    assert_refused(*request(server, "POST", "/predict", *form({"image": "not a file"})), 400, "no image")
+    assert_refused(*request(server, "GET", "/predict"), 405, f"GET /predict: use POST; {how}")
+    assert_refused(*request(server, "POST", "/predict", b'{"image": 1}', "application/json"), 415,
+                   "not a form (application/json)")
+    assert_refused(*request(server, "POST", "/predict", b"garbage", "multipart/form-data; boundary=xyz"), 400,
+                   "Invalid multipart data")
+    assert_refused(*request(server, "GET", "/nowhere"), 404, "no such path: /nowhere")
+    assert predict(server, png(stroke_digit()))[0] == 200
+
+
+def send_raw(server: Server, headers: dict[str, str], chunks) -> tuple[int, dict]:
+    """A POST /predict written by hand: the body may be larger than the server accepts, or chunked."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.putrequest("POST", "/predict")
+    for key, value in headers.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    try:
+        for chunk in chunks:
+            connection.send(chunk)
+    except (BrokenPipeError, ConnectionResetError):  # the server answered and closed without reading it all
+        pass
+    answer = connection.getresponse()
+    return answer.status, json.loads(answer.read())
+
+
+def test_a_body_over_10_mb_is_413_whether_announced_or_chunked(server: Server):
+    body, kind = form({"image": ("big.png", png(stroke_digit()) + b"\0" * (11 << 20))})  # a well-formed form
+    pieces = [body[i: i + (1 << 20)] for i in range(0, len(body), 1 << 20)]
+    assert_refused(*send_raw(server, {"Content-Type": kind, "Content-Length": str(len(body))}, pieces),
+                   413, "request body over 10 MB")
+    chunked = [f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for piece in pieces] + [b"0\r\n\r\n"]
+    assert_refused(*send_raw(server, {"Content-Type": kind, "Transfer-Encoding": "chunked"}, chunked),
+                   413, "request body over 10 MB")
+    assert predict(server, png(stroke_digit()))[0] == 200
+
+
+def test_an_image_over_a_megabyte_is_answered(server: Server):
+    """Starlette spools uploads over 1 MB to a temporary file, which could not reach the inference worker."""
+    noise = np.random.default_rng(1).integers(200, 256, (1200, 1200)).astype(np.float64)
+    noise[300:900, 580:620] = 0  # a bar of ink on grainy paper
+    data = png(noise)
+    assert len(data) > 1 << 20
+    status, answer = predict(server, data)
+    assert status == 200 and answer["class"] == "1"
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server: Server):
+    """Good and bad images at once: LitServe batches them, and a bad one does not fail its batch."""
+    jobs = [png(stroke_digit()) if i % 3 else b"not an image" for i in range(48)]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda data: predict(server, data), jobs))
+    for i, (status, answer) in enumerate(answers):
+        assert (status, answer.get("class")) == ((200, "1") if i % 3 else (415, None)), answer
+
+
+def test_health_and_the_model_info(server: Server):
+    assert request(server, "GET", "/health") == (200, "ok")
+    status, info = request(server, "GET", "/info")
+    assert status == 200 and info["model"]["tutorial"] == "dense512" and info["model"]["dataset"] == "mnist"
+    assert info["model"]["classes"] == [str(d) for d in range(10)] and info["server"]["workers_per_device"] == 1
+
+
+# ---------------------------------------------------------------- the page
+
+
+def test_the_page_is_self_contained_and_keeps_its_dom_contract(server: Server):
+    status, html = request(server, "GET", "/")
+    assert status == 200 and isinstance(html, str)
+    for needle in ('<canvas id="pad"', 'id="prediction"', '<button id="clear"', 'name="viewport"'):
+        assert needle in html
+    assert "http://" not in html and "https://" not in html and "<link" not in html  # no CDN: works offline
+    assert '"classes": ["0", "1", "2"' in html
+
+
+def test_a_fashion_model_serves_garment_names(models):
+    fashion = Server(models["fashion_mlp"])
+    try:
+        status, html = request(fashion, "GET", "/")
+        assert "Draw a piece of clothing" in html and '"T-shirt/top", "Trouser"' in html
+        status, answer = predict(fashion, png(stroke_digit()))
+        assert status == 200 and answer["classes"][:2] == ["T-shirt/top", "Trouser"]
+        assert answer["class"] == answer["classes"][answer["index"]]
+    finally:
+        fashion.stop()
+
+
+# ---------------------------------------------------------------- starting and stopping
+
+
+def test_bad_arguments_and_model_files_are_one_line_before_any_server(tmp_path: Path, capsys):
+    (tmp_path / "broken.pt").write_bytes(b"not a model")
+    for args, message in [
+        (["--model", str(tmp_path / "missing.pt")], f"{tmp_path / 'missing.pt'}: no such model file"),
+        (["--model", str(tmp_path / "broken.pt")], f"{tmp_path / 'broken.pt'}: cannot load the model"),
+        (["--model", str(tmp_path / "broken.pt"), "--port", "80"], "--port 80: choose a port from 1024 to 65535"),
+        (["--model", str(tmp_path / "broken.pt"), "--host", "example.org"], "--host example.org: LitServe listens on"),
+        (["--model", str(tmp_path / "broken.pt"), "--max-batch-size", "0"], "--max-batch-size and --workers must be"),
+    ]:
+        assert run("serve", *args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"mnist_lit: error: {message}") and err.count("\n") == 1, err
+
+
+def test_a_port_in_use_is_one_line(models, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert run("serve", "--model", str(models["dense512"]), "--port", str(port)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mnist_lit: error: port {port} on 127.0.0.1: Address already in use; choose another")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_stopping_the_server_stops_all_its_processes(how: str, models):
+    running = Server(models["dense512"], "--workers", "2")
+    assert len(running.processes()) >= 4  # the server, LitServe's HTTP process and two inference workers
+    out, err = running.stop(signal.SIGTERM) if how == "SIGTERM" else running.stop(signal.SIGINT, group=True)
+    assert running.proc.returncode == 0 and "Traceback" not in err, err
+    assert out.startswith(f"Serving {models['dense512']} (dense512, batches of up to 16): open "
+                          f"http://127.0.0.1:{running.port}/ to draw")
+    assert out.rstrip().endswith("Server stopped.")
+    assert running.processes() == [], "processes left serving after the server stopped"
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{running.url}/health", timeout=2)
+
+
+# ---------------------------------------------------------------- a real browser
+
+
+def chromium():
+    """Headless Chromium driven by selenium, or a skip that says what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    binary = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
+    driver_path = next((p for p in ("/usr/bin/chromedriver",) if Path(p).exists()), None)
+    if not binary or not driver_path:
+        pytest.skip("no Chromium here: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,800"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def draw(driver, pad, points: list[tuple[float, float]], kind: str = "mouse") -> None:
+    """One stroke through `points` (fractions of the pad's size) with a mouse, pen or finger."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+
+    size = pad.size
+    pointer = PointerInput(kind, kind)
+    actions = ActionBuilder(driver, mouse=pointer)
+    # offsets from the pad's centre, as WebDriver takes them
+    offset = [(round((x - 0.5) * size["width"]), round((y - 0.5) * size["height"])) for x, y in points]
+    actions.pointer_action.move_to(pad, *offset[0]).pointer_down()
+    for x, y in offset[1:]:
+        actions.pointer_action.move_to(pad, x, y)
+    actions.pointer_action.pointer_up()
+    actions.perform()
+
+
+def test_drawing_on_the_page_in_a_real_browser(server: Server, tmp_path: Path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chromium()
+    try:
+        driver.get(server.url + "/")
+        pad = driver.find_element(By.ID, "pad")
+        prediction = driver.find_element(By.ID, "prediction")
+        assert prediction.text == ""
+        for kind in ("mouse", "pen", "touch"):
+            draw(driver, pad, [(0.52, 0.15 + 0.05 * i) for i in range(15)], kind)  # a "1", top to bottom
+            WebDriverWait(driver, 20).until(lambda d: prediction.text != "")
+            assert prediction.text == "1", kind
+            bars = driver.find_elements(By.CSS_SELECTOR, "#bars .pct")
+            assert len(bars) == 10 and bars[1].text.endswith("%")
+            # what the page shows is the server's answer for the pad's own pixels
+            pixels = driver.execute_script("return document.getElementById('pad').toDataURL('image/png')")
+            import base64
+
+            status, answer = predict(server, base64.b64decode(pixels.split(",", 1)[1]))
+            assert status == 200 and answer["class"] == prediction.text
+            driver.save_screenshot(str(tmp_path / f"page_{kind}.png"))
+            driver.find_element(By.ID, "clear").click()
+            assert prediction.text == ""
+        assert (tmp_path / "page_touch.png").stat().st_size > 10_000
+        photo = tmp_path / "photo.jpg"  # the upload: a photo of a "1", answered as POST /predict answers it
+        photo.write_bytes(png(stroke_digit(), "RGB", "JPEG"))
+        driver.find_element(By.ID, "photo").send_keys(str(photo))
+        WebDriverWait(driver, 20).until(lambda d: prediction.text != "")
+        assert prediction.text == predict(server, photo.read_bytes())[1]["class"] == "1"
+        (tmp_path / "blank.png").write_bytes(png(np.full((100, 100), 240.0)))  # the server's reason, shown
+        driver.find_element(By.ID, "photo").send_keys(str(tmp_path / "blank.png"))
+        message = driver.find_element(By.ID, "message")
+        WebDriverWait(driver, 20).until(lambda d: message.text != "")
+        assert (prediction.text, message.text) == ("", "no ink found (blank image)")
+        driver.set_window_size(390, 844)  # a phone: the pad still fits the screen's width
+        assert 200 <= pad.size["width"] <= 390 and driver.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth")
+    finally:
+        driver.quit()

@@ -145,17 +145,67 @@ def test_predict_writes_probabilities(data_root: Path, tmp_path: Path):
     assert all(0.1 <= float(r.split(",")[3]) <= 1.0 for r in rows[1:])
 
 
+class Observed(Callback):
+    """What a fit really did: the dtype the network trained in, Lightning steps per epoch, whether the
+    network went through torch.compile, and the gradient norm each optimizer step was given. Every
+    instance starts empty, so no test sees another's record."""
+
+    def __init__(self) -> None:
+        self.dtypes: set[torch.dtype] = set()
+        self.batches_per_epoch: list[int] = []
+        self.compiled: list[bool] = []
+        self.norms_before_clip: list[float] = []
+        self.norms_used: list[float] = []
+        self.updates: list[int] = []
+
+    @staticmethod
+    def grad_norm(module: torch.nn.Module) -> float:
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()
+                                                           if p.grad is not None])))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        first = next(m for m in pl_module.net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+        first.register_forward_hook(lambda module, args, out: self.dtypes.add(out.dtype) if module.training else None)
+        for optimizer in trainer.optimizers:  # torch's own hook, after each update
+            optimizer.register_step_post_hook(lambda *_: self.updates.append(trainer.global_step))
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.batches_per_epoch.append(0)
+        self.compiled.append(isinstance(getattr(pl_module, "_compiled", None), torch._dynamo.eval_frame.OptimizedModule))
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.batches_per_epoch[-1] += 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # before any clipping
+        self.norms_before_clip.append(self.grad_norm(pl_module.net))
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None:  # the last update's gradients
+        if any(p.grad is not None for p in pl_module.net.parameters()):
+            self.norms_used.append(self.grad_norm(pl_module.net))
+
+
+def observed_fit(config: str, data_root: Path, out: Path, *extra: str) -> Observed:
+    spy = Observed()
+    MnistCLI(args=resolve_config_args(["fit", "--config", config, "--data.data_dir", str(data_root),
+                                       "--output_dir", str(out), *extra]), trainer_defaults={"callbacks": [spy]})
+    return spy
+
+
 def test_trainer_flags_pass_through(data_root: Path, tmp_path: Path):
-    assert fit("cnn", data_root, tmp_path, "--trainer.fast_dev_run", "true", "--trainer.precision", "bf16-mixed",
-               "--trainer.accelerator", "cpu", "--trainer.devices", "1") == 0
+    plain = observed_fit("cnn", data_root, tmp_path / "fp32", "--trainer.max_epochs", "1")
+    bf16 = observed_fit("cnn", data_root, tmp_path / "bf16", "--trainer.max_epochs", "1",
+                        "--trainer.precision", "bf16-mixed", "--trainer.accelerator", "cpu", "--trainer.devices", "1")
+    assert plain.dtypes == {torch.float32} and bf16.dtypes == {torch.bfloat16}  # the flag reached autocast
 
 
 def test_steps_per_execution_changes_speed_not_results(data_root: Path, tmp_path: Path):
-    results = []
+    results, spies = [], []
     for k in ("1", "7"):
-        assert fit("tiny_mlp", data_root, tmp_path / k, "--trainer.max_epochs", "2",
-                   "--data.steps_per_execution", k) == 0
+        spies.append(observed_fit("tiny_mlp", data_root, tmp_path / k, "--trainer.max_epochs", "2",
+                                  "--data.steps_per_execution", k))
         results.append(json.loads((tmp_path / k / "metrics.json").read_text()))
+    # 20 steps an epoch either way; Lightning sees one batch per step, or one group of up to 7 (7 + 7 + 6)
+    assert spies[0].batches_per_epoch == [20, 20] and spies[1].batches_per_epoch == [3, 3]
     assert results[0]["steps"] == results[1]["steps"] == 40
     assert [e["train_loss"] for e in results[0]["history"]] == [e["train_loss"] for e in results[1]["history"]]
     assert results[0]["test_acc"] == results[1]["test_acc"]
@@ -223,11 +273,12 @@ def test_channels_last_is_on_for_the_cnn_on_cpu_and_changes_no_result(data_root:
 
 
 def test_compiled_model_trains_like_eager_and_saves_plain_names(data_root: Path, tmp_path: Path):
-    results = {}
+    results, compiled = {}, {}
     for flag in ("false", "true"):
-        assert fit("dense512", data_root, tmp_path / flag, "--trainer.max_epochs", "1",
-                   "--model.init_args.compile", flag) == 0
+        compiled[flag] = observed_fit("dense512", data_root, tmp_path / flag, "--trainer.max_epochs", "1",
+                                      "--model.init_args.compile", flag).compiled
         results[flag] = json.loads((tmp_path / flag / "metrics.json").read_text())
+    assert compiled == {"false": [False], "true": [True]}
     assert abs(results["true"]["test_loss"] - results["false"]["test_loss"]) < 1e-3
     keys = torch.load(tmp_path / "true" / "model.ckpt", weights_only=True)["state_dict"].keys()
     assert sorted(keys) == ["net.1.bias", "net.1.weight", "net.3.bias", "net.3.weight"]
@@ -235,10 +286,12 @@ def test_compiled_model_trains_like_eager_and_saves_plain_names(data_root: Path,
 
 def test_gradient_clipping_and_accumulation_train(data_root: Path, tmp_path: Path):
     # both need Lightning's automatic optimization; the fast manual path is used otherwise
-    assert fit("tiny_mlp", data_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.gradient_clip_val", "0.5",
-               "--trainer.accumulate_grad_batches", "2") == 0
+    spy = observed_fit("tiny_mlp", data_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.gradient_clip_val",
+                       "0.05", "--trainer.accumulate_grad_batches", "2")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["steps"] == 10 and metrics["test_acc"] > 0.2
+    assert metrics["steps"] == 10 == len(spy.updates)  # 20 batches, one update per two
+    assert max(spy.norms_before_clip) > 0.1  # there was something to clip...
+    assert len(spy.norms_used) >= 9 and max(spy.norms_used) <= 0.05 * (1 + 1e-5)  # ...and the updates used it clipped
 
 
 def test_print_config_starts_a_config(capsys):

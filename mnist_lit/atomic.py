@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable
 
@@ -23,18 +24,27 @@ def write_bytes_from(path: str | Path, write: Callable[[BinaryIO], Any], keep_pr
     buffer = io.BytesIO()
     write(buffer)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    old = keep_previous.with_name(f".{keep_previous.name}.{os.getpid()}.tmp") if keep_previous else None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(buffer.getbuffer())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
+        if old is not None and path.exists():
+            # a second name for the old file, moved to keep_previous: `path` itself is never missing, so a
+            # kill between the two renames still leaves the old file at `path`
+            try:
+                os.link(path, old)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(path, old)
+            os.replace(old, keep_previous)
         os.replace(tmp, path)
     except OSError as e:
         kept = "the previous one is unchanged" if path.exists() else "nothing was written"
         raise UserError(f"{path}: could not be written ({e.strerror or e}); {kept}") from None
     finally:
         tmp.unlink(missing_ok=True)
+        if old is not None:
+            old.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -47,7 +57,8 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def hold_folder(folder: str | Path) -> IO[str] | None:
     """An exclusive lock on `folder/.lock` for as long as the returned file stays open, or one line
-    naming the process that holds it. The kernel drops the lock when its process ends, however it ends."""
+    naming the process that holds it. The kernel drops the lock when its process ends, however it ends.
+    Temporary files that a killed fit left behind are removed once the lock is held."""
     try:
         import fcntl
     except ImportError:  # not on Linux or macOS: no lock
@@ -67,4 +78,6 @@ def hold_folder(folder: str | Path) -> IO[str] | None:
     f.truncate()
     f.write(f"{os.getpid()}\n")
     f.flush()
+    for stale in folder.glob(".*.tmp"):  # half-written by a fit that was killed: no one else writes here now
+        stale.unlink(missing_ok=True)
     return f

@@ -66,6 +66,65 @@ def test_killed_run_resumes_to_the_uninterrupted_result(sig: signal.Signals, dat
     assert (resumed["test_acc"], resumed["test_loss"]) == (whole["test_acc"], whole["test_loss"])
 
 
+# A fit that SIGKILLs itself inside the checkpoint writer, at the third epoch's last.ckpt, every time:
+# either halfway through writing the bytes, or between writing them and renaming them into place.
+KILLED_INSIDE_THE_WRITER = """
+import os, signal, sys
+from mnist_lit import atomic
+where = sys.argv.pop(1)
+writes = []
+
+class HalfThenDie:
+    def __init__(self, f):
+        self.f = f
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return self.f.__exit__(*exc)
+    def write(self, data):
+        self.f.write(bytes(data)[: len(data) // 2])
+        self.f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def dying_open(file, mode="r", *args, **kwargs):
+    f = open(file, mode, *args, **kwargs)
+    if "last.ckpt" in str(file) and "w" in mode:
+        writes.append(file)
+        if len(writes) == 3 and where == "write":
+            return HalfThenDie(f)
+    return f
+
+real_replace = os.replace
+def dying_replace(src, dst, *args, **kwargs):
+    if str(dst).endswith("last.ckpt") and len(writes) == 3 and where == "rename":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+
+atomic.open = dying_open
+os.replace = dying_replace
+from mnist_lit.__main__ import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("where", ["write", "rename"])
+def test_a_kill_inside_the_checkpoint_writer_keeps_a_whole_checkpoint(where: str, data_root: Path, tmp_path: Path):
+    epochs = ("--trainer.max_epochs", "4")
+    assert fit("dense512", data_root, tmp_path / "whole", *epochs) == 0
+    out = tmp_path / "killed"
+    done = subprocess.run([sys.executable, "-c", KILLED_INSIDE_THE_WRITER, where, "fit", "--config", "dense512",
+                           "--data.data_dir", str(data_root), "--output_dir", str(out), *epochs], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    last = torch.load(out / "last.ckpt", weights_only=True)  # the second epoch's, whole
+    assert last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 2
+    assert fit("dense512", data_root, out, *epochs, "--ckpt_path", "last") == 0
+    whole, resumed = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))
+    assert (resumed["steps"], resumed["test_acc"], resumed["test_loss"]) == (
+        whole["steps"], whole["test_acc"], whole["test_loss"])
+    assert not list(out.glob(".*.tmp"))  # the resumed fit removed the killed one's half-written file
+
+
 def test_ctrl_c_stops_with_one_line(data_root: Path, tmp_path: Path):
     out = tmp_path / "o"
     proc = cli_process("fit", "--config", "cnn", "--data.data_dir", str(data_root), "--output_dir", str(out),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from tests.test_cli import REPO, fit, run
 
@@ -140,11 +141,33 @@ def test_ctrl_c_stops_with_one_line(data_root: Path, tmp_path: Path):
     torch.load(out / "last.ckpt", weights_only=True)
 
 
-def test_nan_loss_stops_at_its_step(data_root: Path, tmp_path: Path, capsys):
+class PoisonAfterStep12(Callback):
+    """Turns one weight into NaN once 12 optimizer steps are done: step 13, in epoch 3, has a NaN loss."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == 12:
+            with torch.no_grad():
+                next(pl_module.net.parameters()).view(-1)[0] = float("nan")
+
+
+def test_nan_loss_stops_at_its_step_and_keeps_the_last_finished_epoch(data_root: Path, tmp_path: Path, capsys):
+    # dense512 on 640 samples, one step a batch: 5 steps an epoch
+    assert fit("dense512", data_root, tmp_path, "--trainer.max_epochs", "5", "--data.steps_per_execution", "1",
+               "--trainer.callbacks+=tests.test_reliability.PoisonAfterStep12") == 1
+    err = capsys.readouterr().err
+    assert err == ("mnist_lit: error: training loss became nan at step 13 (epoch 3); stopped, and last.ckpt still "
+                   "holds the last finished epoch\n")
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 2 and last["global_step"] == 10
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_loss_that_diverges_at_once_stops_at_its_step(data_root: Path, tmp_path: Path, capsys):
     assert fit("softmax_regression", data_root, tmp_path, "--model.init_args.lr", "1e38") == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mnist_lit: error: training loss became ")
-    assert " at step " in err and "(epoch 1)" in err
+    assert " at step 2 (epoch 1)" in err  # the first step's update is what overflows
     assert not (tmp_path / "last.ckpt").exists() and not (tmp_path / "metrics.json").exists()
 
 

@@ -1,7 +1,8 @@
 """What a person looks at after training: a Keras-style summary, curves, confusion matrix, worst mistakes.
 
 `python -m mnist_lit report checkpoints/<tutorial>` (re)draws the figures from what the run logged
-(metrics.json, and model.ckpt for the misclassified grid), headless.
+(metrics.json, and model.ckpt for the misclassified grid; for an interrupted run, last.ckpt), headless
+and offline.
 """
 
 from __future__ import annotations
@@ -155,16 +156,30 @@ def worst_mistakes(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, k
     return order, predicted[order], confidence[order]
 
 
+def run_record(folder: Path) -> dict[str, Any]:
+    """What a run logged: metrics.json when it finished; for one that was interrupted, the per-epoch
+    history kept inside last.ckpt (curves only: it was never tested)."""
+    metrics_path, last = folder / "metrics.json", folder / "last.ckpt"
+    if metrics_path.is_file():
+        try:
+            return json.loads(metrics_path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{metrics_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if last.is_file():
+        from mnist_lit.models.base import read_checkpoint
+
+        checkpoint = read_checkpoint(last)
+        history = checkpoint.get("callbacks", {}).get("RunRecorder", {}).get("history")
+        if history:
+            return {"history": history, "per_class_acc": dict.fromkeys(checkpoint["mnist_lit"]["classes"])}
+    raise UserError(f"{folder}: no metrics.json or last.ckpt to report on (train with fit, or point at "
+                    "checkpoints/<tutorial>)")
+
+
 def write_report(folder: Path, model: nn.Module | None = None, images: torch.Tensor | None = None,
                  labels: torch.Tensor | None = None) -> list[Path]:
     """Draw every figure the logged files allow; returns the paths written."""
-    metrics_path = folder / "metrics.json"
-    if not metrics_path.is_file():
-        raise UserError(f"{folder}: no metrics.json to report on (train with fit, or point at checkpoints/<tutorial>)")
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{metrics_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    metrics = run_record(folder)
     classes = list(metrics.get("per_class_acc") or [str(d) for d in range(10)])
     written = []
     if metrics.get("history"):
@@ -194,9 +209,15 @@ def main(argv: list[str]) -> int:
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder")
     net = images = labels = None
-    if (folder / "model.ckpt").is_file():
-        net, meta = load_checkpoint_model(folder / "model.ckpt")
-        images, labels = load_split(locate(meta["dataset"], args.data_dir), "test")
+    model = next((folder / name for name in ("model.ckpt", "last.ckpt") if (folder / name).is_file()), None)
+    if model is not None:  # the tested model, or for an interrupted run its last finished epoch
+        net, meta = load_checkpoint_model(model)
+        try:  # the files at hand only: report never downloads
+            images, labels = load_split(locate(meta["dataset"], args.data_dir, allow_download=False), "test")
+        except UserError as e:
+            print(f"misclassified.png not drawn: {e}")
+    if not (folder / "metrics.json").is_file() and (folder / "last.ckpt").is_file():
+        print(f"{folder}: no metrics.json (the run did not finish); drawing its finished epochs from last.ckpt")
     for path in write_report(folder, net, images, labels):
         print(f"wrote {path}")
     return 0

@@ -75,7 +75,37 @@ def test_report_redraws_a_run_and_refuses_an_empty_folder(data_root: Path, tmp_p
     (tmp_path / "empty").mkdir()
     assert run("report", str(tmp_path / "empty")) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no metrics.json to report on" in err
+    assert err.count("\n") == 1 and "no metrics.json or last.ckpt to report on" in err
+
+
+def test_report_draws_an_interrupted_run_from_last_ckpt(data_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "3") == 0
+    for name in ("metrics.json", "model.ckpt", "curves.png", "confusion_matrix.png", "misclassified.png"):
+        (out / name).unlink()  # as a run killed after its third epoch leaves its folder
+    capsys.readouterr()
+    assert run("report", str(out), "--data_dir", str(data_root)) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{out}: no metrics.json (the run did not finish); drawing its finished epochs from last.ckpt",
+        f"wrote {out / 'curves.png'}", f"wrote {out / 'misclassified.png'}"]
+    history = report.run_record(out)["history"]
+    assert [e["epoch"] for e in history] == [1, 2, 3] and all("val_loss" in e for e in history)
+
+
+def test_report_never_downloads(data_root: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch):
+    from mnist_lit import data
+
+    out = tmp_path / "run"
+    assert fit("dense512", data_root, out, "--trainer.max_epochs", "1") == 0
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    monkeypatch.setattr(data, "candidate_dirs", lambda dataset, data_dir: [Path(data_dir)])  # no test images
+    monkeypatch.setattr(data, "download", lambda *a, **k: pytest.fail("report went to the network"))
+    capsys.readouterr()
+    assert run("report", str(out), "--data_dir", str(empty)) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("misclassified.png not drawn: MNIST not found in ") and "downloads are off" in printed[0]
+    assert printed[1:] == [f"wrote {out / 'curves.png'}", f"wrote {out / 'confusion_matrix.png'}"]
 
 
 def test_worst_mistakes_are_wrong_and_most_confident_first():

@@ -20,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -56,29 +57,37 @@ def request_bytes(png: bytes, port: int) -> bytes:
 
 async def client(port: int, requests: list[tuple[bytes, int]], start: int, stop_at: float, budget: list[int],
                  latencies: list[float], results: dict[str, int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    i = start
-    try:
-        while budget[0] > 0 and time.perf_counter() < stop_at:
-            budget[0] -= 1
-            payload, label = requests[i % len(requests)]
-            i += 1
+    """One keep-alive connection posting one image at a time; a failed request counts as an error and the
+    connection is opened again."""
+    i, connection = start, None
+    while budget[0] > 0 and time.perf_counter() < stop_at:
+        budget[0] -= 1
+        payload, label = requests[i % len(requests)]
+        i += 1
+        try:
+            if connection is None:
+                connection = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = connection
             sent = time.perf_counter()
             writer.write(payload)
-            head = await reader.readuntil(b"\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), max(stop_at - sent, 0) + 5)
             length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
                           if line.lower().startswith(b"content-length:"))
-            body = await reader.readexactly(length)
-            latencies.append(time.perf_counter() - sent)
-            answer = json.loads(body) if head.startswith(b"HTTP/1.1 200") else {}
-            if "index" not in answer or len(answer.get("probabilities", ())) != 10:
-                results["errors"] += 1
-            elif answer["index"] == label:
-                results["right"] += 1
-    except (ConnectionError, asyncio.IncompleteReadError):
-        results["errors"] += 1
-    finally:
-        writer.close()
+            body = await asyncio.wait_for(reader.readexactly(length), 5)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, StopIteration, ValueError):
+            results["errors"] += 1
+            if connection is not None:
+                connection[1].close()
+            connection = None
+            continue
+        latencies.append(time.perf_counter() - sent)
+        answer = json.loads(body) if head.startswith(b"HTTP/1.1 200") else {}
+        if "index" not in answer or len(answer.get("probabilities", ())) != 10:
+            results["errors"] += 1
+        elif answer["index"] == label:
+            results["right"] += 1
+    if connection is not None:
+        connection[1].close()
 
 
 async def load(port: int, requests: list[tuple[bytes, int]], clients: int, total: int, seconds: float) -> dict:
@@ -101,12 +110,14 @@ def free_port() -> int:
 
 
 def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a pipe nobody reads would stop the server when full
     proc = subprocess.Popen([sys.executable, "-m", "mnist_lit", "serve", "--model", model, "--port", str(port),
-                             *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"serve_load: the server stopped: {proc.stderr.read().strip()}")
+            log.seek(0)
+            raise SystemExit(f"serve_load: the server stopped: {log.read().strip()}")
         try:
             if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200:
                 return proc
@@ -146,8 +157,11 @@ def main() -> None:
                 print(f"{name:<22} {clients:>3} {r['answers']:>8} {r['rps']:>8.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
                       f"{r['errors']:>7} {r['right'] / max(r['answers'], 1):>7.3f}", flush=True)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.terminate()  # SIGTERM: the server stops its LitServe processes
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 if __name__ == "__main__":

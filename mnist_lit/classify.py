@@ -26,6 +26,7 @@ from mnist_lit.errors import UserError
 MAX_PIXELS = 50_000_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 MIN_SIDE = 8  # smaller than this cannot hold a legible digit
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")  # JPEG covers phones' MPO files; PPM, PGM
 
 
 class ImageError(Exception):
@@ -47,29 +48,32 @@ def load_gray(path: Path | BinaryIO) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            Image.init()  # every plugin registered, so FORMATS can name them
+            image = Image.open(path, formats=FORMATS)  # raster formats only: Pillow would hand EPS to Ghostscript
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise ImageError(f"image of {width}x{height} is over {MAX_PIXELS // 1_000_000} megapixels")
             image.seek(0)  # animated GIF / multi-page TIFF: the first frame
             image.load()
+        if min(image.size) < MIN_SIDE:
+            raise ImageError(f"image is {image.size[0]}x{image.size[1]} pixels, too small to hold a digit")
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")  # transparent parts become white paper
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, rgba)
+        if image.mode.startswith("I") or image.mode == "F":  # 16- or 32-bit grey: rescale to 0..255
+            array = np.asarray(image, dtype=np.float32)
+            if not np.isfinite(array).all():
+                raise ImageError("unreadable image (pixels that are not numbers)")
+            low, high = float(array.min()), float(array.max())
+            return (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+        return np.asarray(image.convert("L"), dtype=np.float32)
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         if isinstance(e, UnidentifiedImageError):
             raise NotAnImage("not an image format this reads (PNG, JPEG, GIF, BMP, TIFF, WebP, PGM...)") from None
         raise ImageError("image is too large (decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError) as e:  # a truncated file, a mode Pillow cannot convert (LAB)...
         raise ImageError(f"unreadable image ({str(e).splitlines()[0] if str(e) else e.__class__.__name__})") from None
-    if min(image.size) < MIN_SIDE:
-        raise ImageError(f"image is {image.size[0]}x{image.size[1]} pixels, too small to hold a digit")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")  # transparent parts become white paper
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    if image.mode.startswith("I") or image.mode == "F":  # 16- or 32-bit grey: rescale to 0..255
-        array = np.asarray(image, dtype=np.float32)
-        low, high = float(array.min()), float(array.max())
-        return (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-    return np.asarray(image.convert("L"), dtype=np.float32)
 
 
 def _ink(gray: np.ndarray) -> np.ndarray:
@@ -92,6 +96,8 @@ def _resize(ink: np.ndarray, height: int, width: int) -> torch.Tensor:
 
 def _crop(ink: np.ndarray) -> np.ndarray:
     rows, cols = np.nonzero(ink > 0.3)
+    if not len(rows):  # faint specks only
+        raise ImageError("no ink found (blank image)")
     return ink[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
 
 

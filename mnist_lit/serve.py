@@ -19,10 +19,14 @@ import gc
 import io
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import socket
 import sys
+import threading
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ from mnist_lit import classify
 from mnist_lit.errors import UserError
 
 MAX_BODY = 10 * 1024 * 1024  # bytes in one request; larger ones are answered 413 before they are read
+MAX_BATCH = 128  # --max-batch-size at most: each size up to it is run at start-up
 PAGE = Path(__file__).with_name("serve_page.html")
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds
 HOW = "send the image file in the multipart form field 'image', e.g. curl -F image=@digit.png URL/predict"
@@ -51,15 +56,11 @@ try:
     from fastapi import HTTPException
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.formparsers import MultiPartParser
     import python_multipart  # noqa: F401  (starlette reads forms with it)
 except ImportError as e:  # the `serve` extra is not installed: main() says so in one line
     ls, MISSING = None, e.name
 else:
     MISSING = None
-    # Uploads stay in memory up to the body limit (starlette spools parts over 1 MB to a temporary file,
-    # which cannot travel to LitServe's inference worker)
-    MultiPartParser.spool_max_size = MAX_BODY
 
 
 class DigitAPI(ls.LitAPI if ls else object):
@@ -121,7 +122,8 @@ class DigitAPI(ls.LitAPI if ls else object):
 
 class RequestLimits:
     """Answers in one JSON line, before the request reaches LitServe: a body over MAX_BODY (413) and a
-    POST /predict that is not a form (415; LitServe would read it as JSON and fail with 500)."""
+    POST /predict that is not a multipart form (415; LitServe would read anything else as JSON and fail
+    with 500)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -130,13 +132,17 @@ class RequestLimits:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        length = headers.get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > MAX_BODY:
+        length = headers.get(b"content-length", b"0").strip()  # not a number: uvicorn has answered 400
+        if length.isdigit() and int(length) > MAX_BODY:
             return await refuse(send, 413, f"request body over {MAX_BODY // (1024 * 1024)} MB")
         content_type = headers.get(b"content-type", b"").decode("latin-1")
-        if scope["path"] == "/predict" and scope["method"] == "POST" and not content_type.startswith(
-                ("multipart/form-data", "application/x-www-form-urlencoded")):
-            return await refuse(send, 415, f"not a form ({content_type or 'no content type'}): {HOW}")
+        media, _, parameters = content_type.partition(";")
+        if scope["path"] == "/predict" and scope["method"] == "POST":
+            if media.strip().lower() != "multipart/form-data":
+                return await refuse(send, 415, f"not a multipart form ({content_type or 'no content type'}): {HOW}")
+            # media types are case-insensitive; LitServe compares them as written
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                     + [(b"content-type", f"multipart/form-data;{parameters}".encode("latin-1"))]}
         seen = 0
 
         async def counted() -> dict:  # a body sent in chunks, without a length
@@ -185,10 +191,18 @@ def build(model: str, meta: dict[str, Any], max_batch_size: int, batch_timeout: 
     app = server.app
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]
     html = page(meta)
-    app.add_api_route("/", lambda: HTMLResponse(html), methods=["GET"], include_in_schema=False)
+    app.add_api_route("/", lambda: HTMLResponse(html), methods=["GET", "HEAD"], include_in_schema=False)
     app.add_exception_handler(StarletteHTTPException, error_as_json)
     app.add_middleware(RequestLimits)
+    logging.getLogger("litserve.server").addFilter(no_client_error_tracebacks)
     return server
+
+
+def no_client_error_tracebacks(record: logging.LogRecord) -> bool:
+    """LitServe logs a traceback for a malformed form, which it answers 400: a client's mistake, not the
+    server's, so it is not logged."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, StarletteHTTPException) and error.status_code < 500)
 
 
 def port_free(host: str, port: int) -> None:
@@ -208,7 +222,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="address to listen on: 127.0.0.1 (this machine only, the default), 0.0.0.0 or ::")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on, 1024 to 65535 (default 8000)")
     parser.add_argument("--max-batch-size", type=int, default=16,
-                        help="requests grouped into one model call by LitServe's dynamic batching; 1: off")
+                        help=f"requests grouped into one model call by LitServe's dynamic batching, up to {MAX_BATCH}; 1: off")
     parser.add_argument("--batch-timeout", type=float, default=0.001,
                         help="seconds a batch waits to fill up (default 0.001)")
     parser.add_argument("--workers", type=int, default=1, help="inference worker processes (default 1)")
@@ -217,8 +231,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         raise UserError(f"--host {args.host}: LitServe listens on one of {', '.join(HOSTS)}")
     if not 1024 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: choose a port from 1024 to 65535")
-    if args.max_batch_size < 1 or args.workers < 1:
-        raise UserError("--max-batch-size and --workers must be 1 or more")
+    if not 1 <= args.max_batch_size <= MAX_BATCH:
+        raise UserError(f"--max-batch-size {args.max_batch_size}: give 1 (no batching) to {MAX_BATCH}")
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: give 1 or more")
     if not 0 <= args.batch_timeout <= 10:
         raise UserError(f"--batch-timeout {args.batch_timeout}: give seconds from 0 to 10")
     return args
@@ -233,8 +249,9 @@ def main(argv: list[str]) -> int:
     server = build(args.model, meta, args.max_batch_size, args.batch_timeout, args.workers)
     local = "127.0.0.1" if args.host == "0.0.0.0" else "[::1]" if args.host == "::" else args.host
     batching = f"batches of up to {args.max_batch_size}" if args.max_batch_size > 1 else "no batching"
-    print(f"Serving {args.model} ({meta['tutorial']}, {batching}): open http://{local}:{args.port}/ to draw, "
-          f"or POST images to http://{local}:{args.port}/predict. Ctrl-C stops.", flush=True)
+    print(f"Serving {args.model} ({meta.get('tutorial', 'model')}, {batching}): open http://{local}:{args.port}/ "
+          f"to draw, or POST images to http://{local}:{args.port}/predict. Ctrl-C stops.", flush=True)
+    threading.Thread(target=say_when_ready, args=(f"http://{local}:{args.port}/health",), daemon=True).start()
     stop_on_sigterm()
     # the objects of torch and the web stack, imported by now, are never garbage: a full collection in the
     # HTTP process would otherwise scan them all, a stall of about 0.15 s on every request under way then
@@ -242,10 +259,39 @@ def main(argv: list[str]) -> int:
     try:
         server.run(host=args.host, port=args.port, log_level="warning", generate_client_file=False,
                    num_api_servers=1)
-    except KeyboardInterrupt:  # a second Ctrl-C during LitServe's own shutdown
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before LitServe's own handling began (while starting)
         pass
+    except RuntimeError as e:  # LitServe's word that a worker could not start
+        raise UserError(f"the server could not start: {e}") from None
+    finally:
+        stop_children()
     print("Server stopped.", flush=True)
     return 0
+
+
+def say_when_ready(health: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(health, timeout=2).status == 200:
+                print("Ready.", flush=True)
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+
+
+def stop_children() -> None:
+    """Whatever LitServe started and did not stop (it was stopped while starting): stopped now."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # no second interruption of the clean-up
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(5)
+        if child.is_alive():
+            child.kill()
 
 
 def stop_on_sigterm() -> None:

@@ -252,7 +252,7 @@ def main(argv: list[str]) -> int:
     print(f"Serving {args.model} ({meta.get('tutorial', 'model')}, {batching}): open http://{local}:{args.port}/ "
           f"to draw, or POST images to http://{local}:{args.port}/predict. Ctrl-C stops.", flush=True)
     threading.Thread(target=say_when_ready, args=(f"http://{local}:{args.port}/health",), daemon=True).start()
-    stop_on_sigterm()
+    stop_on_signals()
     # the objects of torch and the web stack, imported by now, are never garbage: a full collection in the
     # HTTP process would otherwise scan them all, a stall of about 0.15 s on every request under way then
     gc.freeze()
@@ -294,16 +294,18 @@ def stop_children() -> None:
             child.kill()
 
 
-def stop_on_sigterm() -> None:
+def stop_on_signals() -> None:
     """SIGTERM (systemd, Kubernetes, `kill`) shuts the server down as Ctrl-C does: LitServe then stops its
     HTTP and inference processes. By default only this process would die, and they would go on serving."""
     main_pid = os.getpid()
 
     def handler(signum: int, frame: Any) -> None:
-        if os.getpid() != main_pid:  # a forked LitServe process that kept this handler: die as by default
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        raise KeyboardInterrupt
+        # In a process LitServe forked, which keeps this handler (its queue manager, and its HTTP process,
+        # where uvicorn raises the signal again once it has stopped): nothing; the server process stops each
+        # in its turn. A SIGTERM to every process, as systemd sends, or a terminal's Ctrl-C, would otherwise
+        # end them out of order: a dead queue under the inference worker, tracebacks
+        if os.getpid() == main_pid:
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

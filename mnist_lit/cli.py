@@ -311,9 +311,16 @@ class MnistCLI(LightningCLI):
     def after_predict(self) -> None:
         """Write what `predict` computed (probabilities of the test images) to predictions.csv."""
         batches = self.trainer.predict_loop.predictions
-        if not batches or not self.trainer.is_global_zero or self.trainer.world_size > 1:
-            return  # under DDP each rank holds only its share; the CSV needs them all
-        probs = torch.cat(batches)
+        probs = torch.cat(batches).cpu() if batches else torch.zeros(0, len(self.model.classes))
+        world = self.trainer.world_size
+        if world > 1:  # each rank predicted images rank, rank + world, ...: put the shares back in order
+            shares: list[Any] = [None] * world
+            torch.distributed.all_gather_object(shares, probs)
+            probs = torch.empty(sum(len(s) for s in shares), probs.shape[1])
+            for rank, share in enumerate(shares):
+                probs[rank::world] = share
+        if not len(probs) or not self.trainer.is_global_zero:
+            return
         labels = self.datamodule.test_set()[1]
         confidence, predicted = probs.max(1)
         classes = self.model.classes

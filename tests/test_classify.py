@@ -74,6 +74,22 @@ def test_transparent_background_counts_as_paper(tmp_path: Path):
     assert image.max() == pytest.approx(1.0, abs=0.01) and float(image[0].max()) == 0
 
 
+def test_classify_frames_as_the_model_s_data_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The metadata inside the model file picks the framing: Fashion-MNIST's for a Fashion model."""
+    make_checkpoint("fashion_mlp", tmp_path / "fashion.ckpt")
+    make_checkpoint("dense512", tmp_path / "digits.ckpt")
+    photo = save(paper_with_blob(box=(40, 250, 90, 180)), tmp_path / "article.png")
+    seen = {}
+    for name in ("fashion", "digits"):
+        model, meta = classify.load_model(tmp_path / f"{name}.ckpt")
+        monkeypatch.setattr(classify, "to_fashion", lambda gray, n=name: seen.setdefault(n, "fashion") and
+                            torch.zeros(1, 28, 28))
+        monkeypatch.setattr(classify, "to_mnist", lambda gray, n=name: seen.setdefault(n, "mnist") and
+                            torch.zeros(1, 28, 28))
+        classify.classify(model, meta, photo)
+    assert seen == {"fashion": "fashion", "digits": "mnist"}
+
+
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     make_checkpoint("cnn", tmp_path / "model.ckpt")

@@ -13,8 +13,10 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+from mnist_lit import export
 from mnist_lit.__main__ import main
-from mnist_lit.cli import MnistCLI, resolve_config, resolve_config_args
+from mnist_lit.data import load_split
+from mnist_lit.cli import MnistCLI, quiet_lightning, resolve_config, resolve_config_args
 from tests.conftest import TEST
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,6 +137,11 @@ def test_test_and_validate_a_saved_model(data_root: Path, tmp_path: Path, capsys
 
 
 def test_predict_writes_probabilities(data_root: Path, tmp_path: Path):
+    predicted_rows(data_root, tmp_path)
+
+
+def predicted_rows(data_root: Path, tmp_path: Path) -> list[str]:
+    """predictions.csv of a one-epoch dense512, checked row by row against the saved model."""
     assert fit("dense512", data_root, tmp_path, "--trainer.max_epochs", "1") == 0
     assert run("predict", "--config", "dense512", "--data.data_dir", str(data_root), "--output_dir", str(tmp_path),
                "--ckpt_path", str(tmp_path / "model.ckpt")) == 0
@@ -142,7 +149,29 @@ def test_predict_writes_probabilities(data_root: Path, tmp_path: Path):
     assert rows[0] == "index,label,predicted,probability" and len(rows) == TEST + 1
     right = sum(r.split(",")[1] == r.split(",")[2] for r in rows[1:]) / TEST
     assert abs(right - json.loads((tmp_path / "metrics.json").read_text())["test_acc"]) < 1e-6
-    assert all(0.1 <= float(r.split(",")[3]) <= 1.0 for r in rows[1:])
+    # each row: the saved model's most probable class for that test image, and its probability
+    net, _ = export.load_checkpoint_model(tmp_path / "model.ckpt")
+    images, labels = load_split(data_root / "MNIST" / "raw", "test")
+    with torch.no_grad():
+        probs = net(images.float() / 255).softmax(1)
+    assert [int(r.split(",")[1]) for r in rows[1:]] == labels.tolist()
+    assert [int(r.split(",")[2]) for r in rows[1:]] == probs.argmax(1).tolist()
+    assert [float(r.split(",")[3]) for r in rows[1:]] == pytest.approx(probs.max(1).values.tolist(), abs=2e-6)
+    return rows
+
+
+def test_predict_in_two_processes_writes_the_same_csv(data_root: Path, tmp_path: Path):
+    alone = predicted_rows(data_root, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "mnist_lit", "predict", "--config", "dense512", "--data.data_dir",
+                           str(data_root), "--output_dir", str(tmp_path / "ddp"), "--ckpt_path",
+                           str(tmp_path / "model.ckpt"), "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                           "--trainer.accelerator", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Saved {TEST} predictions to {tmp_path / 'ddp' / 'predictions.csv'}" in done.stdout
+    together = (tmp_path / "ddp" / "predictions.csv").read_text().splitlines()
+    assert [r.rsplit(",", 1)[0] for r in together] == [r.rsplit(",", 1)[0] for r in alone]
+    assert [float(r.rsplit(",", 1)[1]) for r in together[1:]] == pytest.approx(
+        [float(r.rsplit(",", 1)[1]) for r in alone[1:]], abs=2e-6)
 
 
 class Observed(Callback):
@@ -186,6 +215,7 @@ class Observed(Callback):
 
 def observed_fit(config: str, data_root: Path, out: Path, *extra: str) -> Observed:
     spy = Observed()
+    quiet_lightning()  # as `python -m mnist_lit` does
     MnistCLI(args=resolve_config_args(["fit", "--config", config, "--data.data_dir", str(data_root),
                                        "--output_dir", str(out), *extra]), trainer_defaults={"callbacks": [spy]})
     return spy
@@ -232,6 +262,8 @@ class StepHook(Callback):
 def test_user_step_hooks_still_run_and_the_direct_path_changes_no_update(data_root: Path, tmp_path: Path):
     results = {}
     spy = "--trainer.callbacks+=tests.test_cli.PathSpy"
+    PathSpy.nvml.clear()  # the CLI builds these callbacks from their class paths: their records are class-wide
+    StepHook.calls = 0
     for name, extra in (("direct", [spy]), ("hooked", [spy, "--trainer.callbacks+=tests.test_cli.StepHook"])):
         PathSpy.direct.clear()
         assert fit("tiny_mlp", data_root, tmp_path / name, "--trainer.max_epochs", "2", *extra) == 0
@@ -268,8 +300,12 @@ def test_channels_last_is_on_for_the_cnn_on_cpu_and_changes_no_result(data_root:
     assert FormatSpy.seen == [(True, True), (False, False), (False, False)]
     auto, off = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in runs)
     assert abs(auto["test_loss"] - off["test_loss"]) < 1e-4  # other kernels, the same arithmetic
-    saved = torch.load(tmp_path / "auto" / "model.ckpt", weights_only=True)["state_dict"]["net.0.weight"]
-    assert saved.shape == (32, 1, 3, 3)
+    # the checkpoint of a channels-last fit, loaded into a plain network, computes the test loss it recorded
+    net, _ = export.load_checkpoint_model(tmp_path / "auto" / "model.ckpt")
+    images, labels = load_split(data_root / "MNIST" / "raw", "test")
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(net(images.float() / 255), labels)
+    assert float(loss) == pytest.approx(auto["test_loss"], abs=1e-5)
 
 
 def test_compiled_model_trains_like_eager_and_saves_plain_names(data_root: Path, tmp_path: Path):
@@ -292,6 +328,25 @@ def test_gradient_clipping_and_accumulation_train(data_root: Path, tmp_path: Pat
     assert metrics["steps"] == 10 == len(spy.updates)  # 20 batches, one update per two
     assert max(spy.norms_before_clip) > 0.1  # there was something to clip...
     assert len(spy.norms_used) >= 9 and max(spy.norms_used) <= 0.05 * (1 + 1e-5)  # ...and the updates used it clipped
+
+
+def test_fit_writes_into_checkpoints_of_the_tutorial_by_default(data_root: Path, tmp_path: Path):
+    done = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", "tiny_mlp", "--data.data_dir",
+                           str(data_root), "--trainer.max_epochs", "1"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "checkpoints" / "tiny_mlp"  # relative to where it ran
+    assert {p.name for p in out.iterdir()} >= {"model.ckpt", "last.ckpt", "metrics.json", "config.yaml", "model.pt"}
+    assert f"Saved {Path('checkpoints') / 'tiny_mlp' / 'model.ckpt'}" in done.stdout
+
+
+def test_verbose_shows_the_traceback_behind_the_line(tmp_path: Path):
+    command = [sys.executable, "-m", "mnist_lit", "classify", "--model", str(tmp_path / "missing.pt"), "x.png"]
+    quiet = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    loud = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "MNIST_LIT_VERBOSE": "1"})
+    assert quiet.returncode == 1 and quiet.stderr == f"mnist_lit: error: {tmp_path / 'missing.pt'}: no such model file\n"
+    assert loud.returncode == 1 and loud.stderr.startswith("Traceback (most recent call last):")
+    assert loud.stderr.rstrip().endswith(f"mnist_lit.errors.UserError: {tmp_path / 'missing.pt'}: no such model file")
 
 
 def test_print_config_starts_a_config(capsys):

@@ -78,6 +78,15 @@ def test_fashion_class_names_travel_with_the_model(tmp_path: Path):
     assert json.loads(files["mnist_lit.json"])["classes"][9] == "Ankle boot"
 
 
+def test_onnx_export_without_the_onnx_extras_says_how_to_get_them(tmp_path: Path, capsys,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    make_checkpoint("softmax_regression", tmp_path / "model.ckpt")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if `pip install 'mnist-lit[onnx]'` never ran
+    assert run("export", str(tmp_path / "model.ckpt"), "--format", "onnx") == 1
+    assert capsys.readouterr().err == "mnist_lit: error: ONNX export needs the onnx extras: pip install 'mnist-lit[onnx]'\n"
+    assert not list(tmp_path.glob("*.onnx"))
+
+
 def test_export_command_and_its_bad_input(tmp_path: Path, capsys):
     make_checkpoint("cnn", tmp_path / "model.ckpt")
     assert run("export", str(tmp_path / "model.ckpt"), "--format", "pt2", "--output", str(tmp_path / "m.pt2")) == 0

@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import platform
+import re
 import signal
 import sys
 import warnings
@@ -118,12 +119,40 @@ class ConfigSaver(SaveConfigCallback):
             atomic.write_text(self.output_dir / self.config_filename, self.parser.dump(self.config, skip_none=False))
 
 
+class OneLineErrors(LightningArgumentParser):
+    """A bad flag or config value ends in one line naming it and the problem, exit status 2, instead of
+    jsonargparse's usage of every option (MNIST_LIT_VERBOSE=1 shows that)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get("MNIST_LIT_VERBOSE") == "1":
+            super().error(message, ex)  # inside jsonargparse's own parsing: it catches this and goes on
+        print(f"mnist_lit: error: {flag_problem(message)} (--help lists the options)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def flag_problem(message: str) -> str:
+    """jsonargparse's message as one line, the flag first: for a model's argument, the setting and the
+    tutorial's rule (not the union of types it was tried against)."""
+    from mnist_lit.models import TUTORIALS
+
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    nested = re.search(r"Problem with given class_path '[\w.]*?(\w+)': Parser key \"([^\"]+)\": (.*?)"
+                       r"(?: - Expected a <class 'NoneType'>.*)?$", text)
+    if nested:
+        return f"--model.init_args.{nested[2]} ({nested[1]}): {nested[3]}"
+    unknown = re.search(r'^Parser key "model": .*Given value: (\S+)$', text)
+    if unknown and "Expected a dot import path" in text:
+        names = ", ".join(sorted(type(TUTORIALS[t]()).__name__ for t in TUTORIALS))
+        return f"--model {unknown[1]}: not a tutorial; one of {names}"
+    return re.sub(r'^Parser key "([^"]+)": ', r"--\1: ", text)
+
+
 class MnistCLI(LightningCLI):
     """`python -m mnist_lit {fit,validate,test,predict} --config configs/<tutorial>.yaml [--trainer.* ...]`."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         super().__init__(
-            Tutorial, MNISTDataModule, subclass_mode_model=True,
+            Tutorial, MNISTDataModule, subclass_mode_model=True, parser_class=OneLineErrors,
             save_config_callback=ConfigSaver, save_config_kwargs={"overwrite": True},
             seed_everything_default=0, auto_configure_optimizers=False,
             parser_kwargs={"description": __doc__.splitlines()[0]},

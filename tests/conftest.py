@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,16 @@ def write_idx_folder(folder: Path, train: int = TRAIN, test: int = TEST, gz: boo
             else:
                 (folder / name).write_bytes(data)
     return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def elsewhere(tmp_path_factory):
+    """Every test runs from an empty folder, not the repo: nothing may depend on the working directory,
+    and a run that falls back to a default output folder writes there, not into the repo's checkpoints/."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(before)
 
 
 @pytest.fixture

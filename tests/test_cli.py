@@ -37,7 +37,7 @@ def fit(config: str, data_root: Path, out: Path, *extra: str) -> int:
 @pytest.mark.parametrize("name", TUTORIALS)
 def test_every_config_runs(name: str, data_root: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
-    assert fit(f"configs/{name}.yaml", data_root, out, "--trainer.fast_dev_run", "true") == 0
+    assert fit(f"{name}.yaml", data_root, out, "--trainer.fast_dev_run", "true") == 0
     assert "Test: loss: " in capsys.readouterr().out
     assert not (out / "metrics.json").exists(), "a smoke run must not write results"
 

@@ -39,7 +39,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 def start_up_lines_removed(err: str) -> list[str]:
     """stderr without Lightning's usual start-up lines (seed, GPU/TPU, and on resume its restoring notices)."""
-    usual = ("Seed set", "GPU", "TPU", "Restoring states from", "Restored all states from")
+    usual = ("Seed set", "GPU", "TPU", "LOCAL_RANK", "Restoring states from", "Restored all states from")
     return [line for line in err.splitlines() if line.strip() and not line.startswith(usual)]
 
 

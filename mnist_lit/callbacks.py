@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import sys
 import threading
@@ -14,6 +15,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from tqdm import tqdm
 
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
@@ -36,20 +38,34 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return " - ".join(f"{k.removeprefix('train_')}: {v:.4f}" for k, v in metrics.items())
 
 
+class _Bar(tqdm):
+    """tqdm's bar with Keras' milliseconds per step."""
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        d = super().format_dict
+        d["ms_per_step"] = 1000 * d["elapsed"] / max(d["n"] - d["initial"], 1)
+        return d
+
+
 class EpochLine(ProgressBar):
     """One line per epoch, as Keras prints: `Epoch 3/10 - 469/469 - 4.1s - loss: ... - acc: ...`.
 
-    On a terminal the line shows the batch count while the epoch runs, redrawn at most 4 times a
-    second; it reads no metric mid-epoch, so it never makes the device wait.
+    On a terminal a live bar (tqdm) runs while the epoch trains, as Keras' does: steps done, elapsed time,
+    ETA and milliseconds per step, redrawn at most 4 times a second. It reads no metric mid-epoch, so it
+    never makes the device wait. Elsewhere (a log file, a pipe) only the epoch lines are printed.
     """
+
+    BAR = "{desc} - {n_fmt}/{total_fmt} [{bar}] {elapsed} ETA {remaining} - {ms_per_step:.0f}ms/step"
 
     def __init__(self, refresh_seconds: float = 0.25) -> None:
         super().__init__()
         self.refresh_seconds = refresh_seconds
         self._enabled = True
         self._live = sys.stdout.isatty()
-        self._start = self._last_draw = 0.0
+        self._start = 0.0
         self._first_step = 0
+        self._bar: _Bar | None = None
 
     def disable(self) -> None:
         self._enabled = False
@@ -74,26 +90,39 @@ class EpochLine(ProgressBar):
         return f"{trainer.global_step - self._first_step}/{steps_per_epoch(trainer)}"
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = self._last_draw = time.perf_counter()
+        self._start = time.perf_counter()
         self._first_step = trainer.global_step
+        if self._enabled and self._live and trainer.is_global_zero:
+            total = steps_per_epoch(trainer)
+            # the terminal's width, at most 100 columns; a pseudo-terminal may report a size of 0 x 0, which
+            # would make tqdm draw nothing
+            size = shutil.get_terminal_size()
+            self._bar = _Bar(total=int(total) if math.isfinite(total) else None, desc=self._prefix(trainer),
+                             unit="step", file=sys.stdout, leave=False, ascii=".=", bar_format=self.BAR,
+                             mininterval=self.refresh_seconds, ncols=min(size.columns or 100, 100),
+                             nrows=size.lines or 24)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if not (self._enabled and self._live and trainer.is_global_zero):
-            return
-        now = time.perf_counter()
-        if now - self._last_draw >= self.refresh_seconds:
-            self._last_draw = now
-            sys.stdout.write(f"\r{self._prefix(trainer)} - {self._batches(trainer)}")
-            sys.stdout.flush()
+        if self._bar is not None:  # tqdm redraws only when refresh_seconds have passed
+            self._bar.update(trainer.global_step - self._first_step - self._bar.n)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()  # leave=False: the line is cleared for what comes next
+            self._bar = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = epoch_metrics(trainer)  # on every rank, see epoch_metrics
+        self._close_bar()
         if not (self._enabled and trainer.is_global_zero):
             return
         seconds = time.perf_counter() - self._start
         line = f"{self._prefix(trainer)} - {self._batches(trainer)} - {seconds:.1f}s - {format_metrics(metrics)}"
-        sys.stdout.write(("\r" if self._live else "") + line + "\n")
+        sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._close_bar()
 
 
 class RunRecorder(Callback):

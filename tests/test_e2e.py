@@ -1,4 +1,8 @@
-"""Real training on the MNIST files shipped in data/ (marked e2e: about two minutes on 2 cores)."""
+"""Real training on the MNIST files shipped in data/ (marked e2e: about two minutes on 2 cores).
+
+Floors sit below the lowest of seeds 0-4 (`python benchmarks/e2e_margins.py`, figures in
+docs/benchmarks.md), so they hold whatever the seed; the tests run seed 0.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +28,12 @@ def trained(config: str, tmp_path: Path, *extra: str) -> dict:
 def test_dense512_published_recipe_reaches_keras_accuracy(tmp_path: Path):
     metrics = trained("dense512", tmp_path)  # 5 epochs of batch 128, as published
     assert metrics["test_samples"] == 10_000 and metrics["epochs"] == 5
-    assert metrics["test_acc"] >= 0.975
+    assert metrics["test_acc"] >= 0.975  # seeds 0-4: 0.9788 to 0.9809
 
 
 def test_softmax_regression_published_recipe(tmp_path: Path):
     metrics = trained("softmax_regression", tmp_path)  # 2000 SGD steps on the summed loss
-    assert metrics["steps"] == 2000 and metrics["test_acc"] >= 0.90
+    assert metrics["steps"] == 2000 and metrics["test_acc"] >= 0.90  # seeds 0-4: 0.9101 to 0.9131
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def cnn_run(tmp_path_factory) -> tuple[dict, Path]:
 
 
 def test_two_epochs_of_cnn(cnn_run):
-    assert cnn_run[0]["test_acc"] >= 0.97  # 0.9726 measured (channels-last; 0.9772 without)
+    assert cnn_run[0]["test_acc"] >= 0.95  # seeds 0-4: 0.9614 to 0.9810
 
 
 def test_digit_photos_need_mnist_framing(cnn_run, tmp_path: Path):
@@ -58,13 +62,14 @@ def test_digit_photos_need_mnist_framing(cnn_run, tmp_path: Path):
         for p, _ in photos])
     naive = float((model(naive_inputs).argmax(1) == torch.tensor([y for _, y in photos])).float().mean())
     print(f"digit photos: tutorial recipe {naive:.3f}, mnist_lit {ours:.3f}")
-    assert naive < 0.10 and ours >= 0.93
+    # seeds 0-4 (training and photos): framed 0.990 to 0.995; the tutorial's recipe 0.070 to 0.110, chance
+    assert ours >= 0.95 and naive <= 0.25 and ours - naive >= 0.7
 
 
 def test_torchvision_loader_trains_as_well(tmp_path: Path):
     metrics = trained("dense512", tmp_path, "--trainer.max_epochs", "1", "--data.loader", "torchvision",
                       "--data.data_dir", str(tmp_path / "tv"))
-    assert metrics["test_acc"] >= 0.95
+    assert metrics["test_acc"] >= 0.94  # seeds 0-4: 0.9552 to 0.9632
 
 
 def test_one_epoch_of_fashion_mlp(tmp_path: Path):
@@ -72,4 +77,4 @@ def test_one_epoch_of_fashion_mlp(tmp_path: Path):
         data.locate("fashion_mnist", tmp_path, allow_download=False)
     except data.DataError:
         pytest.skip("Fashion-MNIST not on this machine (apt-get install dataset-fashion-mnist)")
-    assert trained("fashion_mlp", tmp_path, "--trainer.max_epochs", "1")["test_acc"] >= 0.80
+    assert trained("fashion_mlp", tmp_path, "--trainer.max_epochs", "1")["test_acc"] >= 0.80  # seeds 0-4: 0.8442+

@@ -86,7 +86,9 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=pattern)
     no_ads = logging.Filter()
     # the Tip advertises a service; the KeyboardInterrupt line is replaced by InterruptNotice's
-    no_ads.filter = lambda record: not any(s in record.getMessage() for s in ("litlogger", "Detected KeyboardInterrupt"))
+    # and "`Trainer.fit` stopped: `max_epochs=10` reached." repeats what the epoch lines showed
+    no_ads.filter = lambda record: not any(s in record.getMessage() for s in (
+        "litlogger", "Detected KeyboardInterrupt", "`Trainer.fit` stopped: `max_epochs=", "`Trainer.fit` stopped: `max_steps="))
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(no_ads)
     # "[rank: 0] Received SIGTERM: 15": InterruptNotice says what happened and how to continue instead

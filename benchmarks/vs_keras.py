@@ -1,0 +1,135 @@
+"""Keras against mnist_lit, side by side: each tutorial's Keras recipe, then `python -m mnist_lit fit`.
+
+    pip install -e '.[keras-bench]'        # tensorflow-cpu: for this script only, never a dependency
+    python benchmarks/vs_keras.py [--tutorials cnn dense512 ...] [--rounds 2] [--keras-python PYTHON]
+
+Per round and tutorial, Keras first, then mnist_lit, each in a process of its own on the same data (the
+MNIST / Fashion-MNIST files mnist_lit finds). Training seconds: Keras' `model.fit` call; mnist_lit's
+per-epoch seconds from metrics.json (the same span: the epochs, without start-up, data loading and the
+test). Test accuracy: Keras' `evaluate` and mnist_lit's test_acc. The Keras models below are written from
+the tutorials' published recipes (layers, optimizer by name with Keras' defaults, epochs, batch size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+KERAS = r'''
+import json, sys, time
+import numpy as np
+import keras
+from keras import layers
+
+name, data_file = sys.argv[1], sys.argv[2]
+d = np.load(data_file)
+x, y, xt, yt = d["x"] / 255.0, d["y"], d["xt"] / 255.0, d["yt"]
+keras.utils.set_random_seed(0)
+if name == "cnn":
+    x, xt = x[..., None], xt[..., None]
+    model = keras.Sequential([keras.Input((28, 28, 1)),
+        layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(500, activation="relu"),
+        layers.Dense(10, activation="softmax")])
+    recipe = dict(optimizer="rmsprop", epochs=10, batch_size=128)
+elif name == "dense512":
+    model = keras.Sequential([keras.Input((28, 28)), layers.Flatten(), layers.Dense(512, activation="relu"),
+                              layers.Dense(10, activation="softmax")])
+    recipe = dict(optimizer="rmsprop", epochs=5, batch_size=128)
+elif name == "tiny_mlp":
+    model = keras.Sequential([keras.Input((28, 28)), layers.Flatten(), layers.Dense(16, activation="relu"),
+                              layers.Dense(16, activation="relu"), layers.Dropout(0.2),
+                              layers.Dense(10, activation="softmax")])
+    recipe = dict(optimizer="adam", epochs=20, batch_size=32, validation_data=(xt, yt))
+elif name == "fashion_mlp":
+    model = keras.Sequential([keras.Input((28, 28)), layers.Flatten(), layers.Dense(128, activation="relu"),
+                              layers.Dense(10)])
+    recipe = dict(optimizer="adam", epochs=10, batch_size=32)
+elif name == "softmax_regression":
+    model = keras.Sequential([keras.Input((28, 28)), layers.Flatten(),
+                              layers.Dense(10, activation="softmax", kernel_initializer="zeros")])
+    recipe = dict(optimizer=keras.optimizers.SGD(0.001), batch_size=64)
+logits = name == "fashion_mlp"
+loss = keras.losses.SparseCategoricalCrossentropy(from_logits=logits,
+                                                  reduction="sum" if name == "softmax_regression" else "sum_over_batch_size")
+model.compile(optimizer=recipe.pop("optimizer"), loss=loss, metrics=["accuracy"])
+if name == "softmax_regression":  # 2000 steps of batch 64, as the TF1 tutorial
+    import tensorflow as tf
+    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(60000, seed=0).repeat().batch(64)
+    fit = lambda: model.fit(data, epochs=1, steps_per_epoch=2000, verbose=0)
+else:
+    fit = lambda: model.fit(x, y, verbose=0, **recipe)
+start = time.perf_counter()
+fit()
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "test_acc": float(model.evaluate(xt, yt, verbose=0)[1])}))
+'''
+
+
+def dataset_file(name: str, folder: Path) -> Path:
+    """The tutorial's data set as mnist_lit finds it, in a .npz for the Keras process (which imports no torch)."""
+    sys.path.insert(0, str(REPO))
+    from mnist_lit.data import load_split, locate
+
+    dataset = "fashion_mnist" if name == "fashion_mlp" else "mnist"
+    where = locate(dataset, REPO / "data", allow_download=False)
+    (x, y), (xt, yt) = (load_split(where, split) for split in ("train", "test"))
+    path = folder / f"{dataset}.npz"
+    if not path.exists():
+        np.savez(path, x=x[:, 0].numpy(), y=y.numpy(), xt=xt[:, 0].numpy(), yt=yt.numpy())
+    return path
+
+
+def keras_run(python: str, name: str, data: Path) -> dict:
+    done = subprocess.run([python, "-c", KERAS, name, str(data)], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if done.returncode:
+        raise SystemExit(f"vs_keras: Keras' {name} failed: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ours(name: str, out: Path) -> dict:
+    done = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", name, "--output_dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"vs_keras: mnist_lit's {name} failed: {done.stderr.strip().splitlines()[-1]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"seconds": sum(metrics["epoch_seconds"]), "test_acc": metrics["test_acc"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tutorials", nargs="+",
+                        default=["softmax_regression", "dense512", "fashion_mlp", "tiny_mlp", "cnn"])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--keras-python", default=sys.executable,
+                        help="the Python that runs Keras (default: this one), e.g. another venv's with tensorflow-cpu")
+    args = parser.parse_args()
+    probe = subprocess.run([args.keras_python, "-c", "import keras, tensorflow"], capture_output=True)
+    if probe.returncode:
+        raise SystemExit(f"vs_keras: no TensorFlow for {args.keras_python}: pip install -e '.[keras-bench]' "
+                         "(or give --keras-python)")
+    print(f"{'round':<6} {'tutorial':<19} {'Keras s':>8} {'ours s':>8} {'ratio':>6} {'Keras acc':>10} {'our acc':>8}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(1, args.rounds + 1):
+            for name in args.tutorials:
+                data = dataset_file(name, Path(tmp))
+                k = keras_run(args.keras_python, name, data)
+                o = ours(name, Path(tmp) / f"{name}_{round_}")
+                print(f"{round_:<6} {name:<19} {k['seconds']:>8.2f} {o['seconds']:>8.2f} {o['seconds'] / k['seconds']:>6.2f}"
+                      f" {k['test_acc']:>10.4f} {o['test_acc']:>8.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

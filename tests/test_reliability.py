@@ -244,9 +244,12 @@ def second_rank(proc: subprocess.Popen) -> int:
     """The process Lightning started for rank 1 (rank 0 is `proc` itself)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        if children:
-            return int(children[0])
+        for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+            try:  # the relaunched command itself, not a short-lived helper process rank 0 may start first
+                if "mnist_lit" in Path(f"/proc/{child}/cmdline").read_text():
+                    return int(child)
+            except OSError:
+                continue
         time.sleep(0.05)
     raise AssertionError("rank 1 never started")
 

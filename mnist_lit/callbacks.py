@@ -169,42 +169,22 @@ class InterruptNotice(Callback):
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.sigterm = True
 
-    def _listen(self) -> None:
+    def _listen(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # each trainer stage installs Lightning's handler as it starts (and restores the old one at its end)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def _stop_if_asked(self, trainer: L.Trainer) -> None:
+    on_train_start = on_validation_start = on_test_start = on_predict_start = _listen
+
+    def _stop_if_asked(self, trainer: L.Trainer, *args: Any) -> None:
         stop = self.sigterm  # every rank reaches this point as often as every other: the vote cannot hang
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
             raise SIGTERMException
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._listen()
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._listen()
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._listen()
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._listen()
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self._stop_if_asked(trainer)
-
-    # evaluation batches may differ in number between ranks: they vote once, at the end
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stop_if_asked(trainer)
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stop_if_asked(trainer)
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stop_if_asked(trainer)
+    # after every training step; evaluation batches may differ in number between ranks: they vote at the end
+    on_train_batch_end = on_validation_end = on_test_end = on_predict_end = _stop_if_asked
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or not trainer.is_global_zero:

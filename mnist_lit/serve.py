@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import urllib.request
@@ -37,6 +36,7 @@ from mnist_lit import classify
 from mnist_lit.errors import UserError
 
 MAX_BODY = 10 * 1024 * 1024  # bytes in one request; larger ones are answered 413 before they are read
+TOO_BIG = f"request body over {MAX_BODY // (1024 * 1024)} MB"
 MAX_BATCH = 128  # --max-batch-size at most: each size up to it is run at start-up
 PAGE = Path(__file__).with_name("serve_page.html")
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds
@@ -134,7 +134,7 @@ class RequestLimits:
         headers = dict(scope["headers"])
         length = headers.get(b"content-length", b"0").strip()  # not a number: uvicorn has answered 400
         if length.isdigit() and int(length) > MAX_BODY:
-            return await refuse(send, 413, f"request body over {MAX_BODY // (1024 * 1024)} MB")
+            return await refuse(send, 413, TOO_BIG)
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         media, _, parameters = content_type.partition(";")
         if scope["path"] == "/predict" and scope["method"] == "POST":
@@ -150,7 +150,7 @@ class RequestLimits:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > MAX_BODY:
-                raise HTTPException(413, f"request body over {MAX_BODY // (1024 * 1024)} MB")
+                raise HTTPException(413, TOO_BIG)
             return message
 
         await self.app(scope, counted, send)

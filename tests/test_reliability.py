@@ -23,10 +23,13 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def cli_process(*args: str) -> subprocess.Popen:
+def cli_process(*args: str, own_session: bool = False) -> subprocess.Popen:
+    """`python -m mnist_lit ARGS` from the repo; with `own_session`, in a process group of its own, so a
+    signal can reach it and every process it starts (os.killpg)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "mnist_lit", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint,
+                            start_new_session=own_session)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -232,12 +235,9 @@ def test_two_processes_split_each_epoch(data_root: Path, tmp_path: Path):
 
 def ddp_fit(data_root: Path, out: Path, *extra: str) -> subprocess.Popen:
     """dense512 (no dropout: a resumed run can match exactly) in two CPU processes, in a session of its own."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "mnist_lit", "fit", "--config", "dense512", "--data.data_dir",
-                             str(data_root), "--output_dir", str(out), "--trainer.strategy", "ddp", "--trainer.devices",
-                             "2", "--trainer.accelerator", "cpu", *extra], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint,
-                            start_new_session=True)
+    return cli_process("fit", "--config", "dense512", "--data.data_dir", str(data_root), "--output_dir", str(out),
+                       "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu", *extra,
+                       own_session=True)
 
 
 def second_rank(proc: subprocess.Popen) -> int:
@@ -278,8 +278,8 @@ def test_sigterm_under_ddp_stops_every_rank_in_one_line_and_resumes(who: str, da
     assert stops[0].endswith("--trainer.accelerator cpu --trainer.max_epochs 300 --ckpt_path last")
     if who != "every rank":
         return
-    for run in (("stopped", "--ckpt_path", "last"), ("whole",)):  # one after the other: two DDP jobs at
-        job = ddp_fit(data_root, tmp_path / run[0], *epochs, *run[1:])  # once can collide on their port
+    for folder, *resume in (("stopped", "--ckpt_path", "last"), ("whole",)):  # one after the other: two DDP
+        job = ddp_fit(data_root, tmp_path / folder, *epochs, *resume)  # jobs at once can collide on their port
         _, err = job.communicate(timeout=300)
         assert job.returncode == 0, err[-3000:]
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))

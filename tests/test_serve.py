@@ -129,10 +129,14 @@ def predict(server: Server, data: bytes, filename: str = "digit.png") -> tuple[i
     return request(server, "POST", "/predict", *form({"image": (filename, data)}))
 
 
-def png(array: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
+def image_bytes(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).convert(mode).save(buffer, format=fmt)
+    image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def png(array: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
+    return image_bytes(Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).convert(mode), fmt)
 
 
 def stroke_digit() -> np.ndarray:
@@ -213,21 +217,13 @@ def test_unusual_image_modes_are_answered_as_classify_answers_them(mode: str, se
                                                                                             abs=2e-6))
 
 
-def image_bytes(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
 def cut_png() -> bytes:
     data = png(np.random.default_rng(0).integers(0, 255, (300, 300)))
     return data[: len(data) // 2]
 
 
 def bomb_png() -> bytes:  # 9000 x 9000 one-bit pixels: about 10 KB on the wire, 81 megapixels decoded
-    buffer = io.BytesIO()
-    Image.new("1", (9000, 9000)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return image_bytes(Image.new("1", (9000, 9000)), "PNG")
 
 
 BAD_FILES = {  # what is sent in the field "image" -> status and the start of the one-line reason

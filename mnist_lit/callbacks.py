@@ -17,6 +17,8 @@ from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm import tqdm
 
+from mnist_lit.engine import steps_per_epoch
+
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
@@ -24,14 +26,6 @@ def epoch_metrics(trainer: L.Trainer) -> dict[str, float]:
     """This epoch's logged means. Every rank must call it: reading them runs the cross-rank reduction."""
     metrics = trainer.callback_metrics
     return {k: float(metrics[k]) for k in EPOCH_KEYS if k in metrics}
-
-
-def steps_per_epoch(trainer: L.Trainer) -> int | float:
-    """Optimizer steps in an epoch: Lightning's batch count times the loader's steps per batch."""
-    loader = trainer.train_dataloader
-    per_batch = getattr(loader, "steps_per_execution", 1)
-    steps = trainer.num_training_batches * per_batch
-    return min(steps, getattr(loader, "steps_per_epoch", steps))
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
+from mnist_lit.engine import StepGroups, is_group, steps_per_batch
 from mnist_lit.errors import UserError
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
@@ -199,35 +200,18 @@ def torchvision_root(dataset: str, source: Path, data_dir: Path) -> Path:
 # ---------------------------------------------------------------- batches
 
 
-def _counts_batches(trainer: L.Trainer) -> bool:
-    """Whether a Trainer flag counts training batches (limit_train_batches, val_check_interval,
-    fast_dev_run): then batches stay single, so the count means what the user meant."""
-    def everything(value) -> bool:  # Lightning reads 1.0 as "all" and the int 1 as "one batch"
-        return isinstance(value, float) and value == 1.0
-    return not (everything(trainer.limit_train_batches) and everything(trainer.val_check_interval))
-
-
-def is_group(batch) -> bool:
-    """A group of (images, labels) batches (steps_per_execution > 1), not one collated [images, labels]."""
-    return isinstance(batch, list) and bool(batch) and isinstance(batch[0], (tuple, list))
-
-
 class TensorBatches:
     """Batches sliced from tensors already on the training device.
 
     Shuffled by a permutation seeded with (seed, epoch), so an epoch's order is the same on CPU and GPU
     and after a resume. With `world > 1` each rank takes every world-th sample of the permutation; for
     training the tail is cut so every rank runs the same number of steps (DDP needs that).
-    With `steps_per_execution` k > 1 each item is a list of up to k consecutive batches (Keras'
-    `steps_per_execution`): the model takes k optimizer steps per item.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, epoch: Callable[[], int] = lambda: 0, rank: int = 0, world: int = 1,
-                 steps_per_execution: int = 1) -> None:
+                 seed: int = 0, epoch: Callable[[], int] = lambda: 0, rank: int = 0, world: int = 1) -> None:
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.shuffle, self.seed, self.epoch, self.rank, self.world = shuffle, seed, epoch, rank, world
-        self.steps_per_execution = steps_per_execution
 
     def _num_samples(self) -> int:
         n = len(self.labels)
@@ -235,28 +219,10 @@ class TensorBatches:
             return n
         return n // self.world if self.shuffle else len(range(self.rank, n, self.world))
 
-    @property
-    def steps_per_epoch(self) -> int:
+    def __len__(self) -> int:
         return math.ceil(self._num_samples() / self.batch_size)
 
-    def __len__(self) -> int:
-        return math.ceil(self.steps_per_epoch / self.steps_per_execution)
-
-    def __iter__(self):
-        k = self.steps_per_execution
-        if k == 1:
-            yield from self._batches()
-            return
-        group: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for batch in self._batches():
-            group.append(batch)
-            if len(group) == k:
-                yield group
-                group = []
-        if group:
-            yield group
-
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, bs = len(self.labels), self.batch_size
         if not self.shuffle and self.world == 1:
             for i in range(0, n, bs):  # views, no copy
@@ -378,12 +344,9 @@ class MNISTDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         epoch = (lambda: trainer.current_epoch) if trainer else (lambda: 0)
         images, labels = self._splits[split]
-        k = (self.hparams.steps_per_execution or max(1, 1024 // bs)) if train else 1
-        if trainer is None or getattr(trainer.lightning_module, "automatic_optimization", True) \
-                or _counts_batches(trainer):
-            k = 1  # groups only for our manual loop, and never when the user counts batches
-        return TensorBatches(images, labels, bs, shuffle=train, seed=hp.seed, epoch=epoch, rank=rank, world=world,
-                             steps_per_execution=k)
+        batches = TensorBatches(images, labels, bs, shuffle=train, seed=hp.seed, epoch=epoch, rank=rank, world=world)
+        k = steps_per_batch(trainer, hp.steps_per_execution, bs) if train else 1
+        return StepGroups(batches, k) if k > 1 else batches
 
     def train_dataloader(self):
         return self._loader("train", train=True)

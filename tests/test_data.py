@@ -185,14 +185,6 @@ def test_ranks_get_disjoint_equal_shares():
     assert len(set(torch.cat(shards).tolist())) == 102
 
 
-def test_steps_per_execution_groups_batches_without_changing_them():
-    single, grouped = _batches(shuffle=True), _batches(shuffle=True, steps_per_execution=4)
-    groups = list(grouped)
-    assert len(grouped) == 3 and [len(g) for g in groups] == [4, 4, 3] and grouped.steps_per_epoch == 11
-    flat = [y for group in groups for _, y in group]
-    assert all(torch.equal(a, b) for a, b in zip(flat, [y for _, y in single])) and len(flat) == 11
-
-
 def test_evaluation_shards_cover_everything_once():
     shards = [torch.cat([y for _, y in _batches(rank=r, world=2)]) for r in range(2)]
     assert sorted(torch.cat(shards).tolist()) == list(range(103))

@@ -1,37 +1,27 @@
-"""The LightningModule the five tutorials share: steps, metrics, Keras initialisation and optimizers.
+"""The LightningModule the five tutorials share: the Keras recipe of network, loss, optimizer and metrics.
 
 Each tutorial is a subclass that hands its plain `nn.Module` (the network a user exports) to
-`Tutorial.__init__` and sets the defaults of its published training recipe.
+`Tutorial.__init__` and sets the defaults of its published training recipe. How the steps run fast
+(manual optimization, step groups, channels-last, compile) is `mnist_lit.engine`'s business.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse.typing import PositiveFloat
 from torch import nn
-from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from mnist_lit.data import DATASETS, DatasetName, is_group
+from mnist_lit.data import DATASETS, DatasetName
+from mnist_lit.engine import Engine
 from mnist_lit.errors import UserError
 from mnist_lit.optim import KerasAdam, KerasRMSprop
 
 Optimizer = Literal["rmsprop", "adam", "sgd"]
-
-# hooks Lightning runs around each backward and optimizer step; when nothing overrides them, a step
-# straight through torch does the same work without Lightning's per-step dispatch
-STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
-# set to "1" by `import lightning`; every torch optimizer step then asks NVML whether CUDA is there
-NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 
 def keras_init(net: nn.Module) -> None:
@@ -61,11 +51,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-class TrainingDiverged(UserError):
-    """The training loss became NaN or infinite."""
-
-
-class Tutorial(L.LightningModule):
+class Tutorial(Engine):
     """A tutorial's network with its Keras training recipe; `forward` returns logits."""
 
     name: ClassVar[str]
@@ -98,9 +84,6 @@ class Tutorial(L.LightningModule):
         self.confusion_matrix: torch.Tensor | None = None  # set after `test`, rows = true class
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
-        self._direct_steps = False  # set per fit in on_train_start
-        self._channels_last = False  # set in setup, once the device is known
-        self._nvml_check: str | None = None  # Lightning's NVML setting before a fit, put back after it
 
     def init_weights(self) -> None:
         """Keras' initialisation of a fresh network (glorot-uniform kernels, zero biases)."""
@@ -122,36 +105,9 @@ class Tutorial(L.LightningModule):
     def classes(self) -> tuple[str, ...]:
         return DATASETS[self.hparams.dataset].classes
 
-    def setup(self, stage: str) -> None:
-        on_cpu = self.trainer.strategy.root_device.type == "cpu"
-        choice = self.hparams.get("channels_last")
-        if choice is None:
-            choice = on_cpu and any(isinstance(m, nn.Conv2d) for m in self.net.modules())
-        self._channels_last = bool(choice)
-        if self._channels_last:  # strides only: same values, same state_dict, same exports
-            self.net.to(memory_format=torch.channels_last)
-        if stage == "fit":
-            self._skip_nvml_probe(on_cpu)
-        if self.hparams.compile and not hasattr(self, "_compiled"):
-            # kept outside the module tree: checkpoints and exports keep the plain network's names
-            object.__setattr__(self, "_compiled", torch.compile(self.net))
-
-    def _skip_nvml_probe(self, on_cpu: bool) -> None:
-        """With no CUDA device at all, each optimizer step of a CUDA build of torch re-probes NVML (about
-        70 us: a tenth of a softmax_regression step) because Lightning asked for NVML-based checks, which
-        only matter once CUDA can start. Drop the request for this fit; `teardown` puts it back."""
-        self._nvml_check = os.environ.get(NVML_CHECK)
-        if on_cpu and self._nvml_check == "1" and torch.cuda.device_count() == 0:
-            del os.environ[NVML_CHECK]
-
-    def teardown(self, stage: str) -> None:
-        if stage == "fit" and self._nvml_check is not None:
-            os.environ[NVML_CHECK] = self._nvml_check
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return getattr(self, "_compiled", self.net)(x)
+        """The network's logits (softmax only in `predict_step` and in exports)."""
+        return self.run_net(x)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
@@ -183,81 +139,9 @@ class Tutorial(L.LightningModule):
         self.log(f"{stage}_loss", sums[0] / count, batch_size=1, sync_dist=True)
         self.log(f"{stage}_acc", sums[1] / count, batch_size=1, sync_dist=True, prog_bar=True)
 
-    @property
-    def automatic_optimization(self) -> bool:
-        """Manual (fewer hooks per step, through Lightning's own optimizer and backward) unless the run
-        asks for gradient clipping or accumulation, which only Lightning's automatic loop provides."""
-        trainer = self._trainer
-        return trainer is None or bool(trainer.gradient_clip_val or trainer.accumulate_grad_batches != 1)
-
-    @automatic_optimization.setter
-    def automatic_optimization(self, value: bool) -> None:  # LightningModule.__init__ assigns it
-        pass
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self.automatic_optimization:  # also outside a Trainer: just the loss
-            loss = self._step(batch, "train")
-            if self._trainer is not None:
-                self._check_finite([loss.detach()], self.trainer.global_step)
-            return loss
-        first_step = self.trainer.global_step
-        optimizer = self.optimizers()
-        max_steps = self.trainer.max_steps
-        budget = max_steps - first_step if max_steps > 0 else None
-        direct = self._direct_steps
-        losses = []
-        for micro in batch if is_group(batch) else [batch]:
-            if budget is not None and len(losses) >= budget:
-                break
-            loss = self._step(micro, "train")
-            if direct:  # the same updates as below, without Lightning's per-step hook dispatch
-                optimizer._on_before_step()  # the manual loop's step counter (global_step, max_steps)
-                optimizer.optimizer.zero_grad()
-                loss.backward()
-                optimizer.optimizer.step()
-                optimizer._on_after_step()
-            else:
-                optimizer.zero_grad()
-                self.manual_backward(loss)
-                optimizer.step()  # counts the step and applies precision plugins and hooks
-            losses.append(loss.detach())
-        self._check_finite(losses, first_step)
-        return loss
-
-    def on_train_start(self) -> None:
-        self._direct_steps = self._steps_need_no_lightning()
-
-    def _steps_need_no_lightning(self) -> bool:
-        """True when Lightning's backward and optimizer-step wrappers would add nothing but time.
-
-        That is one device, full precision or bf16 autocast (no gradient scaler), no profiler, and no
-        callback or module code hooked onto backward or the optimizer step. Otherwise every step goes
-        through `manual_backward` and `LightningOptimizer.step`, so those hooks run as usual.
-        """
-        trainer = self.trainer
-        plugin = trainer.precision_plugin
-        plain_precision = type(plugin) is Precision or (type(plugin) is MixedPrecision and plugin.scaler is None)
-        hooked = any(is_overridden(h, self, L.LightningModule) for h in (*STEP_HOOKS, "backward")) or any(
-            is_overridden(h, cb, L.Callback) for cb in trainer.callbacks for h in STEP_HOOKS)
-        return (type(trainer.strategy) is SingleDeviceStrategy and plain_precision
-                and isinstance(trainer.profiler, PassThroughProfiler) and not hooked)
-
-    def _check_finite(self, losses: list[torch.Tensor], first_step: int) -> None:
-        """Stop at the first NaN/inf loss: one host sync per group of steps, all ranks stop together.
-
-        It raises before ModelCheckpoint's epoch-end save, so last.ckpt keeps the last good epoch.
-        """
-        bad = ~torch.isfinite(torch.stack(losses))
-        flags = torch.cat([bad.any().float().view(1), bad.float()])
-        if self.trainer.world_size > 1:  # so no rank waits in a collective for one that stopped
-            flags = self.trainer.strategy.reduce(flags, reduce_op="sum")
-        if flags[0] > 0:
-            index = int(flags[1:].nonzero()[0]) if flags[1:].any() else 0
-            value = losses[index].item() if bad.any() else float("nan")
-            raise TrainingDiverged(
-                f"training loss became {value} at step {first_step + index + 1} (epoch {self.current_epoch + 1}); "
-                "stopped, and last.ckpt still holds the last finished epoch"
-            )
+    def train_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # the engine's training_step calls this once per optimizer step (see mnist_lit/engine.py)
+        return self._step(batch, "train")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # logging on the epoch's last batch (not in on_train_epoch_end) lets callbacks read the train

@@ -1,0 +1,259 @@
+"""The training engine: what makes the tutorials train fast, kept apart from their Keras recipe.
+
+`models/base.py` says what a tutorial is (network, loss, optimizer, metrics). This module decides how its
+steps run. Its contract, all of it:
+
+- `Engine` is the LightningModule a recipe builds on. The recipe keeps its network in `self.net`, runs
+  it through `self.run_net(x)`, and gives `train_loss(batch)`: the loss of one (images, labels) batch,
+  what a plain automatic-optimization `training_step` would return. It may set the hyperparameters
+  `compile` (bool) and `channels_last` (bool or None); absent means off and automatic.
+- Optimization is manual, one `train_loss` per optimizer step, unless the run asks for gradient clipping
+  or accumulation, which only Lightning's automatic loop provides (`needs_lightning_loop`).
+- Step groups (Keras' `steps_per_execution`): in manual mode a DataModule may hand over k batches per
+  Lightning batch, wrapped by `StepGroups`; `steps_per_batch` says which k it may use. The updates are
+  the same as with single batches; Lightning's per-batch loop is paid once per group.
+- Direct steps: inside `training_step` each update goes straight through torch (`loss.backward()`,
+  `optimizer.step()`) when Lightning's wrappers would add nothing (`direct_steps_possible`); otherwise
+  through `manual_backward` and `LightningOptimizer.step`, so every hook runs. The one private Lightning
+  call, the manual loop's step counter, is in `_direct_step`; tests/test_engine.py fails loudly if a
+  Lightning upgrade moves it.
+- Device settings: channels-last memory format on the CPU for networks with convolutions, the optional
+  `torch.compile`, and no per-step NVML probe on machines with no CUDA device.
+- A NaN or infinite training loss stops the fit on every rank with `TrainingDiverged`, checked once per
+  Lightning batch so that no step waits on the host.
+- `steps_per_epoch(trainer)`: optimizer steps per epoch, as Keras counts them, for progress lines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable, Iterator
+
+import lightning as L
+import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import nn
+
+from mnist_lit.errors import UserError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+# hooks Lightning runs around each backward and optimizer step; when nothing overrides them, a step
+# straight through torch does the same work without Lightning's per-step dispatch
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+# the LightningOptimizer methods `_direct_step` calls: they count the step for global_step and max_steps
+PRIVATE_STEP_COUNTER = ("_on_before_step", "_on_after_step")
+# set to "1" by `import lightning`; every torch optimizer step then asks NVML whether CUDA is there
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+# with steps_per_execution 0, a group holds about this many samples
+GROUP_SAMPLES = 1024
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------- decisions about a run
+
+
+def needs_lightning_loop(trainer: L.Trainer | None) -> bool:
+    """Gradient clipping and accumulation exist only in Lightning's automatic optimization loop."""
+    return trainer is None or bool(trainer.gradient_clip_val or trainer.accumulate_grad_batches != 1)
+
+
+def counts_batches(trainer: L.Trainer) -> bool:
+    """Whether a Trainer flag counts training batches (limit_train_batches, val_check_interval,
+    fast_dev_run): then batches stay single, so the count means what the user meant."""
+    def everything(value) -> bool:  # Lightning reads 1.0 as "all" and the int 1 as "one batch"
+        return isinstance(value, float) and value == 1.0
+    return not (everything(trainer.limit_train_batches) and everything(trainer.val_check_interval))
+
+
+def steps_per_batch(trainer: L.Trainer | None, requested: int, batch_size: int) -> int:
+    """How many batches a DataModule may group into one Lightning training batch.
+
+    `requested` is the user's steps_per_execution (0: about GROUP_SAMPLES samples per group). Always 1
+    outside a fit, with Lightning's automatic loop, or when a Trainer flag counts batches.
+    """
+    module = trainer.lightning_module if trainer is not None else None
+    if module is None or module.automatic_optimization or counts_batches(trainer):
+        return 1
+    return requested or max(1, GROUP_SAMPLES // batch_size)
+
+
+def direct_steps_possible(trainer: L.Trainer, module: L.LightningModule) -> bool:
+    """True when Lightning's backward and optimizer-step wrappers would add nothing but time.
+
+    That is one device, full precision or bf16 autocast (no gradient scaler), no profiler, and no
+    callback or module code hooked onto backward or the optimizer step.
+    """
+    plugin = trainer.precision_plugin
+    plain_precision = type(plugin) is Precision or (type(plugin) is MixedPrecision and plugin.scaler is None)
+    hooked = any(is_overridden(h, module, L.LightningModule) for h in (*STEP_HOOKS, "backward")) or any(
+        is_overridden(h, cb, L.Callback) for cb in trainer.callbacks for h in STEP_HOOKS)
+    return (type(trainer.strategy) is SingleDeviceStrategy and plain_precision
+            and isinstance(trainer.profiler, PassThroughProfiler) and not hooked)
+
+
+def steps_per_epoch(trainer: L.Trainer) -> int | float:
+    """Optimizer steps in an epoch: Lightning's batch count times the loader's steps per batch."""
+    loader = trainer.train_dataloader
+    per_batch = getattr(loader, "steps_per_execution", 1)
+    steps = trainer.num_training_batches * per_batch
+    return min(steps, getattr(loader, "steps_per_epoch", steps))
+
+
+# ---------------------------------------------------------------- step groups
+
+
+def is_group(batch) -> bool:
+    """A group of (images, labels) batches, not one collated [images, labels]."""
+    return isinstance(batch, list) and bool(batch) and isinstance(batch[0], (tuple, list))
+
+
+class StepGroups:
+    """Batches of a sized iterable handed over k at a time, as lists (the last one may be shorter).
+
+    `steps_per_epoch` is the number of batches, `steps_per_execution` is k.
+    """
+
+    def __init__(self, batches: Iterable[Batch], steps_per_execution: int) -> None:
+        self.batches, self.steps_per_execution = batches, steps_per_execution
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.batches)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.batches) / self.steps_per_execution)
+
+    def __iter__(self) -> Iterator[list[Batch]]:
+        group: list[Batch] = []
+        for batch in self.batches:
+            group.append(batch)
+            if len(group) == self.steps_per_execution:
+                yield group
+                group = []
+        if group:
+            yield group
+
+
+# ---------------------------------------------------------------- the module
+
+
+def _direct_step(optimizer: LightningOptimizer, loss: torch.Tensor) -> None:
+    """One update straight through torch, counted by Lightning's manual loop as `optimizer.step()` is.
+
+    Lightning has no public way to count a step it did not run, so this calls the two private callables
+    `LightningOptimizer.step` wraps the step in (`PRIVATE_STEP_COUNTER`), which Lightning's manual loop
+    points at its own step counter while it runs.
+    """
+    optimizer._on_before_step()
+    optimizer.optimizer.zero_grad()
+    loss.backward()
+    optimizer.optimizer.step()
+    optimizer._on_after_step()
+
+
+class Engine(L.LightningModule):
+    """A LightningModule whose training steps run as the module docstring says."""
+
+    net: nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._direct_steps = False  # per fit, set in on_train_start
+        self._channels_last = False  # set in setup, once the device is known
+        self._nvml_check: str | None = None  # Lightning's NVML setting before a fit, put back after it
+
+    def train_loss(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ device settings
+
+    def setup(self, stage: str) -> None:
+        on_cpu = self.trainer.strategy.root_device.type == "cpu"
+        choice = self.hparams.get("channels_last")
+        if choice is None:  # measured faster on the CPU for the cnn; not measured on GPUs
+            choice = on_cpu and any(isinstance(m, nn.Conv2d) for m in self.net.modules())
+        self._channels_last = bool(choice)
+        if self._channels_last:  # strides only: same values, same state_dict, same exports
+            self.net.to(memory_format=torch.channels_last)
+        if stage == "fit":
+            self._skip_nvml_probe(on_cpu)
+        if self.hparams.get("compile") and not hasattr(self, "_compiled"):
+            # kept outside the module tree: checkpoints and exports keep the plain network's names
+            object.__setattr__(self, "_compiled", torch.compile(self.net))
+
+    def _skip_nvml_probe(self, on_cpu: bool) -> None:
+        """With no CUDA device at all, each optimizer step of a CUDA build of torch re-probes NVML (about
+        70 us: a tenth of a softmax_regression step) because Lightning asked for NVML-based checks, which
+        only matter once CUDA can start. Drop the request for this fit; `teardown` puts it back."""
+        self._nvml_check = os.environ.get(NVML_CHECK)
+        if on_cpu and self._nvml_check == "1" and torch.cuda.device_count() == 0:
+            del os.environ[NVML_CHECK]
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and self._nvml_check is not None:
+            os.environ[NVML_CHECK] = self._nvml_check
+
+    def run_net(self, x: torch.Tensor) -> torch.Tensor:
+        if self._channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return getattr(self, "_compiled", self.net)(x)
+
+    # ------------------------------------------------------------ steps
+
+    def on_fit_start(self) -> None:
+        # public setter; Lightning reads it per batch, and the DataModule (steps_per_batch) after this hook
+        self.automatic_optimization = needs_lightning_loop(self.trainer)
+
+    def on_train_start(self) -> None:
+        self._direct_steps = not self.automatic_optimization and direct_steps_possible(self.trainer, self)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self._trainer is None or self.automatic_optimization:  # Lightning's loop does backward and step
+            loss = self.train_loss(batch)
+            if self._trainer is not None:
+                self.check_finite([loss.detach()], self.trainer.global_step)
+            return loss
+        first_step = self.trainer.global_step
+        optimizer = self.optimizers()
+        max_steps = self.trainer.max_steps
+        budget = max_steps - first_step if max_steps > 0 else None
+        losses = []
+        for micro in batch if is_group(batch) else [batch]:
+            if budget is not None and len(losses) >= budget:
+                break
+            loss = self.train_loss(micro)
+            if self._direct_steps:
+                _direct_step(optimizer, loss)
+            else:
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                optimizer.step()  # counts the step and applies precision plugins and hooks
+            losses.append(loss.detach())
+        self.check_finite(losses, first_step)
+        return loss
+
+    def check_finite(self, losses: list[torch.Tensor], first_step: int) -> None:
+        """Stop at the first NaN/inf loss: one host sync per group of steps, all ranks stop together.
+
+        It raises before ModelCheckpoint's epoch-end save, so last.ckpt keeps the last good epoch.
+        """
+        bad = ~torch.isfinite(torch.stack(losses))
+        flags = torch.cat([bad.any().float().view(1), bad.float()])
+        if self.trainer.world_size > 1:  # so no rank waits in a collective for one that stopped
+            flags = self.trainer.strategy.reduce(flags, reduce_op="sum")
+        if flags[0] > 0:
+            index = int(flags[1:].nonzero()[0]) if flags[1:].any() else 0
+            value = losses[index].item() if bad.any() else float("nan")
+            raise TrainingDiverged(
+                f"training loss became {value} at step {first_step + index + 1} (epoch {self.current_epoch + 1}); "
+                "stopped, and last.ckpt still holds the last finished epoch"
+            )

@@ -84,7 +84,7 @@ def dataset_file(name: str, folder: Path) -> Path:
 
     dataset = "fashion_mnist" if name == "fashion_mlp" else "mnist"
     where = locate(dataset, REPO / "data", allow_download=False)
-    (x, y), (xt, yt) = (load_split(where, split) for split in ("train", "test"))
+    (x, y), (xt, yt) = (load_split(where, split, dataset) for split in ("train", "test"))
     path = folder / f"{dataset}.npz"
     if not path.exists():
         np.savez(path, x=x[:, 0].numpy(), y=y.numpy(), xt=xt[:, 0].numpy(), yt=yt.numpy())

@@ -1,14 +1,21 @@
-"""MNIST and Fashion-MNIST: finding the IDX files, checking them, and serving batches to Lightning.
+"""MNIST and Fashion-MNIST: finding the IDX files, reading them with torchvision, and serving batches.
+
+torchvision's `MNIST` / `FashionMNIST` datasets read the files and name the classes. They read only
+uncompressed files under <root>/<MNIST|FashionMNIST>/raw, so compressed or elsewhere-installed copies are
+decompressed into the data folder first (once; atomically). Before torchvision reads a file, `check_idx`
+turns a damaged one into a one-line error naming it (torchvision stops on a bare assertion).
 
 Two input paths share one contract (uint8 batches of N x 1 x 28 x 28 images and int64 labels, scaled to
 [0, 1] on the training device in `on_after_batch_transfer`):
-- "memory" (default): the whole split held once as a tensor on the training device and sliced per batch.
-- "torchvision": torchvision's `MNIST` / `FashionMNIST` datasets through a `DataLoader`.
+- "memory" (default): the datasets' `.data` / `.targets` tensors held once on the training device and
+  sliced per batch.
+- "torchvision": the same datasets, item by item, through a `DataLoader`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import math
@@ -21,9 +28,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
+from torchvision import datasets, transforms
 
 from mnist_lit.engine import StepGroups, is_group, steps_per_batch
 from mnist_lit.errors import UserError
@@ -36,20 +43,23 @@ IMAGES_MAGIC, LABELS_MAGIC = 0x0803, 0x0801  # uint8 type code, then 3 or 1 dime
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    folder: str  # torchvision's folder name under the data root
-    classes: tuple[str, ...]
+    reader: type[datasets.MNIST]  # torchvision's dataset class: file layout, reader and class names
     system_dirs: tuple[str, ...] = ()  # read-only copies installed by an OS package
+
+    @property
+    def folder(self) -> str:  # torchvision's folder name under the data root
+        return self.reader.__name__
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        # torchvision's names; its MNIST names read "7 - seven", Keras and mnist_lit print the digit
+        return tuple(name.split(" - ")[0] for name in self.reader.classes)
 
 
 DATASETS = {
-    "mnist": DatasetInfo("MNIST", tuple(str(d) for d in range(10))),
-    # class names from the Fashion-MNIST README (Xiao, Rasul, Vollgraf 2017)
-    "fashion_mnist": DatasetInfo(
-        "FashionMNIST",
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        system_dirs=("/usr/share/datasets/fashion-mnist",),  # Debian's dataset-fashion-mnist
-    ),
+    "mnist": DatasetInfo(datasets.MNIST),
+    "fashion_mnist": DatasetInfo(datasets.FashionMNIST,
+                                 system_dirs=("/usr/share/datasets/fashion-mnist",)),  # Debian's package
 }
 DatasetName = Literal["mnist", "fashion_mnist"]
 
@@ -61,35 +71,26 @@ class DataError(UserError):
 # ---------------------------------------------------------------- IDX files
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
-        kind = "truncated gzip stream" if isinstance(e, EOFError) else f"unreadable ({e.__class__.__name__}: {e})"
-        raise DataError(f"{path}: {kind}") from None
-
-
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """Parse one IDX file (plain or .gz) into a uint8 array, checking magic number and length."""
-    raw = _read_bytes(path)
-    if len(raw) < 4:
-        raise DataError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
-    found = int.from_bytes(raw[:4], "big")
+def check_idx(path: Path, magic: int, shown: Path | None = None) -> None:
+    """Raise a one-line DataError if an uncompressed IDX file has the wrong magic number, a cut header, or
+    a length that does not match its shape. `shown`: the file to name (the user's, not our copy)."""
+    shown = shown or path
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if size < 4:
+        raise DataError(f"{shown}: too short to be an IDX file ({size} bytes)")
+    found = int.from_bytes(head[:4], "big")
     if found != magic:
-        raise DataError(f"{path}: wrong magic number 0x{found:08x}, expected 0x{magic:08x}")
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        raise DataError(f"{shown}: wrong magic number 0x{found:08x}, expected 0x{magic:08x}")
+    header = 4 + 4 * (magic & 0xFF)
+    if size < header:
+        raise DataError(f"{shown}: truncated header")
+    shape = tuple(int.from_bytes(head[i: i + 4], "big") for i in range(4, header, 4))
     expected = header + math.prod(shape)
-    if len(raw) != expected:
-        state = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise DataError(f"{path}: {state}: {len(raw)} bytes for shape {shape}, expected {expected}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    if size != expected:
+        state = "truncated" if size < expected else "has trailing bytes"
+        raise DataError(f"{shown}: {state}: {size} bytes for shape {shape}, expected {expected}")
 
 
 def _file(folder: Path, name: str) -> Path | None:
@@ -99,20 +100,100 @@ def _file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def load_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N x 1 x 28 x 28 uint8) and labels (N int64) of one split from a folder of IDX files."""
-    img_name, lbl_name = SPLITS[split]
-    img_path, lbl_path = _file(folder, img_name), _file(folder, lbl_name)
-    if img_path is None or lbl_path is None:
-        raise DataError(f"{folder}: missing {img_name if img_path is None else lbl_name}[.gz]")
-    images, labels = read_idx(img_path, IMAGES_MAGIC), read_idx(lbl_path, LABELS_MAGIC)
-    if images.shape[1:] != (28, 28):
-        raise DataError(f"{img_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
+def _raw_copy(src: Path, dst: Path) -> Path:
+    """`dst`, an uncompressed copy of `src` (.gz or not) for torchvision, unless `src` is that file already.
+
+    Written under a temporary name and renamed, so a killed run never leaves half a file; rewritten when
+    `src` is newer.
+    """
+    if src.resolve() == dst.resolve() or (dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime):
+        return dst
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+
+    def cannot_write(e: OSError) -> DataError:
+        return DataError(f"{dst.parent}: cannot write the uncompressed copy torchvision reads "
+                         f"({e.strerror or e.__class__.__name__}); pass --data.data_dir DIR")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fout = open(tmp, "wb")
+    except OSError as e:
+        raise cannot_write(e) from None
+    try:
+        with fout, (gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb")) as fin:
+            shutil.copyfileobj(fin, fout)
+        os.replace(tmp, dst)
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise cannot_write(e) from None
+        kind = "truncated gzip stream" if isinstance(e, EOFError) else f"unreadable ({e.__class__.__name__}: {e})"
+        raise DataError(f"{src}: {kind}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def _copies(dataset: str, folder: Path, root: Path) -> dict[str, tuple[Path, Path]]:
+    """For each of the four files: (the file in `folder`, its uncompressed copy under <root>/<Folder>/raw).
+    torchvision wants all four there, whichever split it reads."""
+    raw = root / DATASETS[dataset].folder / "raw"
+    copies = {}
+    for name in (name for pair in SPLITS.values() for name in pair):
+        src = _file(folder, name)
+        if src is None:
+            raise DataError(f"{folder}: missing {name}[.gz]")
+        copies[name] = (src, _raw_copy(src, raw / name))
+    return copies
+
+
+def prepare_raw(dataset: str, folder: Path, root: Path) -> None:
+    """Make the uncompressed copies of `folder`'s four files that torchvision reads under `root`."""
+    _copies(dataset, folder, root)
+
+
+def read_dataset(dataset: str, folder: Path, split: str, root: Path, **kwargs) -> datasets.MNIST:
+    """torchvision's dataset of one split, read from the IDX files in `folder` through <root>/<Folder>/raw.
+
+    The split's files are checked first (`check_idx`), and the result too (28 x 28 images, as many labels
+    as images, labels 0-9): anything wrong is one DataError naming the file. `kwargs` go to torchvision.
+    """
+    info = DATASETS[dataset]
+    copies = _copies(dataset, folder, root)
+    paths = []
+    for name, magic in zip(SPLITS[split], (IMAGES_MAGIC, LABELS_MAGIC)):
+        src, copy = copies[name]
+        try:
+            check_idx(copy, magic, shown=src)
+        except DataError:
+            if copy != src:
+                copy.unlink(missing_ok=True)  # a copy of a damaged file: made again once the file is mended
+            raise
+        paths.append(src)
+    try:
+        ds = info.reader(str(root), train=split == "train", download=False, **kwargs)
+    except Exception as e:  # torchvision's reader: checked above, so unexpected
+        raise DataError(f"{folder}: torchvision could not read the {split} split ({e.__class__.__name__}: {e})") from None
+    images, labels = ds.data, ds.targets
+    if tuple(images.shape[1:]) != (28, 28):
+        raise DataError(f"{paths[0]}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
     if len(images) != len(labels):
-        raise DataError(f"{img_path}: {len(images)} images but {lbl_path.name} has {len(labels)} labels")
-    if labels.size and labels.max() > 9:
-        raise DataError(f"{lbl_path}: label {int(labels.max())} outside 0..9")
-    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+        raise DataError(f"{paths[0]}: {len(images)} images but {paths[1].name} has {len(labels)} labels")
+    if labels.numel() and int(labels.max()) > 9:
+        raise DataError(f"{paths[1]}: label {int(labels.max())} outside 0..9")
+    return ds
+
+
+def load_split(folder: Path, split: str, dataset: str = "mnist", root: Path | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N x 1 x 28 x 28 uint8) and labels (N int64) of one split, read as `read_dataset` reads them.
+
+    Without a `root`, uncompressed copies are made in a temporary folder and removed again.
+    """
+    if root is not None:
+        ds = read_dataset(dataset, folder, split, root)
+        return ds.data.unsqueeze(1), ds.targets
+    with tempfile.TemporaryDirectory(prefix="mnist_lit-") as tmp:
+        ds = read_dataset(dataset, folder, split, Path(tmp))
+        return ds.data.unsqueeze(1), ds.targets
 
 
 # ---------------------------------------------------------------- finding the files
@@ -135,8 +216,6 @@ def _expected_files() -> str:
 
 def download(dataset: str, data_dir: Path, timeout: float = 20.0) -> Path:
     """Fetch with torchvision into a temporary folder, then move the complete files into place."""
-    from torchvision import datasets
-
     info = DATASETS[dataset]
     target = data_dir / info.folder / "raw"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +224,7 @@ def download(dataset: str, data_dir: Path, timeout: float = 20.0) -> Path:
     try:
         with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                getattr(datasets, info.folder)(tmp, train=True, download=True)
+                info.reader(tmp, train=True, download=True)
             target.mkdir(exist_ok=True)
             for f in (Path(tmp) / info.folder / "raw").iterdir():
                 os.replace(f, target / f.name)
@@ -172,29 +251,6 @@ def locate(dataset: str, data_dir: str | Path, allow_download: bool = True) -> P
         f"{info.folder} not found in {data_dir} or {REPO_DATA} and downloads are off; "
         f"put {_expected_files()} in {data_dir / info.folder / 'raw'}"
     )
-
-
-def _atomic_decompress(src: Path, dst: Path) -> None:
-    """Write `dst` under a temporary name and rename it, so a killed run never leaves half a file."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with (gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb")) as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def torchvision_root(dataset: str, source: Path, data_dir: Path) -> Path:
-    """A root that torchvision's dataset class accepts: uncompressed files under <root>/<Folder>/raw."""
-    info = DATASETS[dataset]
-    raw = data_dir / info.folder / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for pair in SPLITS.values():
-        for name in pair:
-            if not (raw / name).is_file():
-                _atomic_decompress(_file(source, name), raw / name)
-    return data_dir
 
 
 # ---------------------------------------------------------------- batches
@@ -276,41 +332,35 @@ class MNISTDataModule(L.LightningDataModule):
         return locate(self.hparams.dataset, self.hparams.data_dir, self.hparams.download)
 
     def prepare_data(self) -> None:
-        # runs once per machine: finds or downloads the files and, for torchvision, decompresses them
-        source = self.source
-        if self.hparams.loader == "torchvision":
-            torchvision_root(self.hparams.dataset, source, Path(self.hparams.data_dir))
+        # once per machine, before any rank's setup: find (or download) the files, copy them for torchvision
+        prepare_raw(self.hparams.dataset, self.source, Path(self.hparams.data_dir))
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
-        if hp.loader == "torchvision":
-            self._setup_torchvision()
+        if self._splits or self._tv:
             return
-        if self._splits:
+        source, root = self.source, Path(hp.data_dir)
+        # torchvision loader: items as 1 x 28 x 28 uint8 tensors; scaling happens on the device
+        items = {"transform": transforms.PILToTensor()} if hp.loader == "torchvision" else {}
+        train, test = (read_dataset(hp.dataset, source, split, root, **items) for split in ("train", "test"))
+        if hp.loader == "torchvision":
+            self._setup_torchvision(train, test)
             return
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        source = self.source
-        train, test = load_split(source, "train"), load_split(source, "test")
+        splits = {"train": (train.data.unsqueeze(1), train.targets), "test": (test.data.unsqueeze(1), test.targets)}
         if hp.val == "holdout":
-            self._check_val_size(len(train[1]))
-            order = torch.randperm(len(train[1]), generator=torch.Generator().manual_seed(hp.seed))
+            images, labels = splits["train"]
+            self._check_val_size(len(labels))
+            # the same permutation as random_split's in _setup_torchvision
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(hp.seed))
             val_idx, train_idx = order[: hp.val_size], order[hp.val_size:]
-            self._splits["val"] = (train[0][val_idx], train[1][val_idx])
-            train = (train[0][train_idx], train[1][train_idx])
+            splits.update(val=(images[val_idx], labels[val_idx]), train=(images[train_idx], labels[train_idx]))
         elif hp.val == "test":
-            self._splits["val"] = test
-        self._splits.update(train=train, test=test)
-        self._splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self._splits.items()}
+            splits["val"] = splits["test"]
+        self._splits = {k: (x.to(device), y.to(device)) for k, (x, y) in splits.items()}
 
-    def _setup_torchvision(self) -> None:
-        from torchvision import datasets, transforms
-
+    def _setup_torchvision(self, train: datasets.MNIST, test: datasets.MNIST) -> None:
         hp = self.hparams
-        root = Path(hp.data_dir)
-        cls = getattr(datasets, DATASETS[hp.dataset].folder)
-        to_uint8 = transforms.PILToTensor()  # 1 x 28 x 28 uint8: scaling happens on the device
-        train = cls(root, train=True, transform=to_uint8)
-        test = cls(root, train=False, transform=to_uint8)
         if hp.val == "holdout":
             self._check_val_size(len(train))
             g = torch.Generator().manual_seed(hp.seed)
@@ -329,7 +379,7 @@ class MNISTDataModule(L.LightningDataModule):
         if "test" in self._splits:
             images, labels = self._splits["test"]
             return images.cpu(), labels.cpu()
-        return load_split(self.source, "test")
+        return load_split(self.source, "test", self.hparams.dataset, Path(self.hparams.data_dir))
 
     # ------------------------------------------------------------ loaders
 

@@ -364,7 +364,8 @@ def import_keras(source: str | Path, output: str | Path | None = None, dataset: 
     scripted = export.export(out / "model.ckpt", "torchscript", out / "model.pt")
     print(f"Saved {out / 'model.ckpt'} and {scripted} (TorchScript)", flush=True)
     try:
-        images, labels = load_split(locate(model.hparams.dataset, data_dir, allow_download=False), "test")
+        images, labels = load_split(locate(model.hparams.dataset, data_dir, allow_download=False), "test",
+                                     model.hparams.dataset, Path(data_dir))
     except UserError as e:
         print(f"Test accuracy not measured: {e}", flush=True)
         return out

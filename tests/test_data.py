@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mnist_lit import data
-from mnist_lit.data import DataError, MNISTDataModule, TensorBatches, load_split, locate, read_idx
+from mnist_lit.data import DataError, MNISTDataModule, TensorBatches, load_split, locate
 from tests.conftest import TEST, TRAIN, idx_bytes, synthetic_split, write_idx_folder
 
 SHIPPED_MD5 = {  # ../shared/data/README.md, the MNIST database as distributed
@@ -148,10 +148,50 @@ def test_no_download_flag(tmp_path: Path, nothing_shipped):
         locate("mnist", tmp_path, allow_download=False)
 
 
-def test_torchvision_root_decompresses_atomically(data_root: Path, tmp_path: Path):
-    root = data.torchvision_root("mnist", data_root / "MNIST" / "raw", tmp_path / "tv")
-    raw = root / "MNIST" / "raw"
+# ---------------------------------------------------------------- torchvision's copies
+
+
+def test_torchvision_reads_copies_made_once_and_again_when_the_source_changes(tmp_path: Path):
+    source = write_idx_folder(tmp_path / "elsewhere")  # .gz files, as shipped and as Debian installs them
+    data.prepare_raw("fashion_mnist", source, tmp_path / "root")
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"  # torchvision's layout for its FashionMNIST class
     assert sorted(p.name for p in raw.iterdir()) == sorted(SHIPPED_MD5)  # no temporary names left
+    stamp = {p.name: p.stat().st_mtime_ns for p in raw.iterdir()}
+    data.prepare_raw("fashion_mnist", source, tmp_path / "root")
+    assert {p.name: p.stat().st_mtime_ns for p in raw.iterdir()} == stamp, "copied again with nothing changed"
+    _, labels = synthetic_split(TEST, 7)
+    (source / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels, 0x801)))
+    assert torch.equal(load_split(source, "test", "fashion_mnist", tmp_path / "root")[1],
+                       torch.from_numpy(labels).long()), "a stale copy was read"
+
+
+def test_a_damaged_file_names_the_users_file_and_leaves_no_copy(tmp_path: Path):
+    source = write_idx_folder(tmp_path / "elsewhere")
+    path = source / "train-images-idx3-ubyte.gz"
+    good = path.read_bytes()
+    path.write_bytes(gzip.compress(gzip.decompress(good)[:-50]))  # a valid gzip of a cut IDX file
+    with pytest.raises(DataError, match="truncated") as e:
+        load_split(source, "train", "mnist", tmp_path / "root")
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+    assert not (tmp_path / "root" / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
+    path.write_bytes(good)
+    assert load_split(source, "train", "mnist", tmp_path / "root")[0].shape == (TRAIN, 1, 28, 28)
+
+
+def test_a_data_folder_that_cannot_hold_the_copies_is_one_line(tmp_path: Path):
+    source = write_idx_folder(tmp_path / "elsewhere")
+    (tmp_path / "a-file").write_text("not a folder")  # fails for root too, unlike a read-only folder
+    with pytest.raises(DataError, match="cannot write the uncompressed copy torchvision reads") as e:
+        data.prepare_raw("mnist", source, tmp_path / "a-file")
+    assert str(e.value).startswith(str(tmp_path / "a-file" / "MNIST" / "raw"))
+    assert "\n" not in str(e.value) and "--data.data_dir" in str(e.value)
+
+
+def test_class_names_are_torchvisions():
+    from torchvision import datasets
+
+    assert data.DATASETS["fashion_mnist"].classes == tuple(datasets.FashionMNIST.classes)
+    assert data.DATASETS["mnist"].classes == tuple("0123456789")  # torchvision's "7 - seven", as Keras prints it
 
 
 # ---------------------------------------------------------------- batches

@@ -5,8 +5,8 @@ Run by hand, not in the tests:  python benchmarks/train_speed.py [--configs cnn 
 
 For each config, in one process, it alternates a `fit` built by the CLI (progress line, checkpointing
 and CSV logger on, as a user gets them) with a plain loop over the same data tensors, network, optimizer
-and batch size (and the model's memory format, so the ratio is the cost of the framework alone),
-`--rounds` times. An epoch is timed from the start of one epoch to the start of the
+and batch size (and the model's memory format, so the ratio is the cost of the framework alone), and a
+bare loop (torch's own optimizer, no metrics, no validation), `--rounds` times. An epoch is timed from the start of one epoch to the start of the
 next (validation, checkpoint and logging included); the first epoch of each run is warm-up and dropped.
 Then it runs `python -m mnist_lit fit` for one epoch in a child process and reports its peak RSS
 (VmHWM, polled every 50 ms).
@@ -135,6 +135,37 @@ def plain_epoch(net, opt, reduction, x_train, y_train, val, bs, ebs, epoch, chan
     return time.perf_counter() - start
 
 
+def bare_epochs(cli, epochs: int, channels_last: bool) -> list[float]:
+    """The least a PyTorch user could write: torch's own optimizer (eps 1e-7), no metrics, no validation,
+    one host sync at the end of the epoch; the same data tensors, network and batch size."""
+    dm, hp = cli.datamodule, cli.model.hparams
+    model = type(cli.model)(**{k: v for k, v in hp.items() if not k.startswith("_")})
+    x_train, y_train = dm._splits["train"]
+    net = model.net.to(y_train.device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = {"adam": lambda p: torch.optim.Adam(p, lr=hp.lr, eps=1e-7),
+           "rmsprop": lambda p: torch.optim.RMSprop(p, lr=hp.lr, alpha=0.9, eps=1e-7),
+           "sgd": lambda p: torch.optim.SGD(p, lr=hp.lr)}[hp.optimizer](net.parameters())
+    bs, times = dm.hparams.batch_size, []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        net.train()
+        order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(epoch)).to(y_train.device)
+        for i in range(0, len(order), bs):
+            idx = order[i:i + bs]
+            x = x_train[idx].float().div_(255)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(net(x), y_train[idx], reduction=hp.loss_reduction)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        float(loss)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def peak_rss_mb(config: str, extra: list[str]) -> float:
     """Peak RSS of `python -m mnist_lit fit` (one epoch), read from the child's own VmHWM."""
     with tempfile.TemporaryDirectory() as out:
@@ -157,23 +188,24 @@ def main() -> None:
     rows = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, accelerator {args.accelerator}"
             + (f", flags: {' '.join(args.fit_flags)}" if args.fit_flags else ""),
             "| config | channels-last | mnist_lit s/epoch | plain PyTorch s/epoch | ratio "
-            "| plain PyTorch, default memory format | peak RSS of `fit` (MB) |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+            "| bare PyTorch s/epoch | ratio to bare | plain PyTorch, default memory format | peak RSS of `fit` (MB) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for config in args.configs:
-        ours, plain, plain_default = [], [], []
+        ours, plain, bare, plain_default = [], [], [], []
         with tempfile.TemporaryDirectory() as out:
             for _ in range(args.rounds):
                 epochs, cli = lightning_epochs(config, args.epochs, extra, Path(out))
                 ours += epochs[1:]
                 channels_last = cli.model._channels_last
                 plain += plain_epochs(cli, args.epochs, channels_last)[1:]
+                bare += bare_epochs(cli, args.epochs, channels_last)[1:]
                 if channels_last:  # what a hand-written loop gets without it
                     plain_default += plain_epochs(cli, args.epochs, False)[1:]
-        a, b = statistics.median(ours), statistics.median(plain)
+        a, b, d = statistics.median(ours), statistics.median(plain), statistics.median(bare)
         c = f"{statistics.median(plain_default):.3f}" if plain_default else "same"
         rss = peak_rss_mb(config, extra)
-        rows.append(f"| {config} | {'on' if channels_last else 'off'} | {a:.3f} | {b:.3f} | {a / b:.2f} | {c} "
-                    f"| {rss:.0f} |")
+        rows.append(f"| {config} | {'on' if channels_last else 'off'} | {a:.3f} | {b:.3f} | {a / b:.2f} "
+                    f"| {d:.3f} | {a / d:.2f} | {c} | {rss:.0f} |")
     print("\n".join(rows))  # after the runs, so their epoch lines do not split the table
 
 

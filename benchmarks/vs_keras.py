@@ -1,13 +1,17 @@
 """Keras against mnist_lit, side by side: each tutorial's Keras recipe, then `python -m mnist_lit fit`.
 
     pip install -e '.[keras-bench]'        # tensorflow-cpu: for this script only, never a dependency
-    python benchmarks/vs_keras.py [--tutorials cnn dense512 ...] [--rounds 2] [--keras-python PYTHON]
+    python benchmarks/vs_keras.py [--tutorials cnn dense512 ...] [--rounds 2] [--keras-python PYTHON] [--bf16]
 
 Per round and tutorial, Keras first, then mnist_lit, each in a process of its own on the same data (the
 MNIST / Fashion-MNIST files mnist_lit finds). Training seconds: Keras' `model.fit` call; mnist_lit's
 per-epoch seconds from metrics.json (the same span: the epochs, without start-up, data loading and the
 test). Test accuracy: Keras' `evaluate` and mnist_lit's test_acc. The Keras models below are written from
 the tutorials' published recipes (layers, optimizer by name with Keras' defaults, epochs, batch size).
+
+With --bf16, each tutorial runs twice more: Keras under its `mixed_bfloat16` policy and mnist_lit with
+`--trainer.precision bf16-mixed`. Run it on an otherwise idle machine: torch's and TensorFlow's thread
+pools both slow down badly beside other work.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import numpy as np
 import keras
 from keras import layers
 
-name, data_file = sys.argv[1], sys.argv[2]
+name, data_file, policy = sys.argv[1], sys.argv[2], sys.argv[3]
+keras.mixed_precision.set_global_policy(policy)  # "float32", or "mixed_bfloat16" for --bf16
+out = dict(dtype="float32")  # the output layer stays float32 under a mixed policy, as Keras' guide advises
 d = np.load(data_file)
 x, y, xt, yt = d["x"] / 255.0, d["y"], d["xt"] / 255.0, d["yt"]
 keras.utils.set_random_seed(0)
@@ -41,24 +47,24 @@ if name == "cnn":
         layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
         layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
         layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(500, activation="relu"),
-        layers.Dense(10, activation="softmax")])
+        layers.Dense(10, activation="softmax", **out)])
     recipe = dict(optimizer="rmsprop", epochs=10, batch_size=128)
 elif name == "dense512":
     model = keras.Sequential([keras.Input((28, 28)), layers.Flatten(), layers.Dense(512, activation="relu"),
-                              layers.Dense(10, activation="softmax")])
+                              layers.Dense(10, activation="softmax", **out)])
     recipe = dict(optimizer="rmsprop", epochs=5, batch_size=128)
 elif name == "tiny_mlp":
     model = keras.Sequential([keras.Input((28, 28)), layers.Flatten(), layers.Dense(16, activation="relu"),
                               layers.Dense(16, activation="relu"), layers.Dropout(0.2),
-                              layers.Dense(10, activation="softmax")])
+                              layers.Dense(10, activation="softmax", **out)])
     recipe = dict(optimizer="adam", epochs=20, batch_size=32, validation_data=(xt, yt))
 elif name == "fashion_mlp":
     model = keras.Sequential([keras.Input((28, 28)), layers.Flatten(), layers.Dense(128, activation="relu"),
-                              layers.Dense(10)])
+                              layers.Dense(10, **out)])
     recipe = dict(optimizer="adam", epochs=10, batch_size=32)
 elif name == "softmax_regression":
     model = keras.Sequential([keras.Input((28, 28)), layers.Flatten(),
-                              layers.Dense(10, activation="softmax", kernel_initializer="zeros")])
+                              layers.Dense(10, activation="softmax", kernel_initializer="zeros", **out)])
     recipe = dict(optimizer=keras.optimizers.SGD(0.001), batch_size=64)
 logits = name == "fashion_mlp"
 loss = keras.losses.SparseCategoricalCrossentropy(from_logits=logits,
@@ -91,17 +97,17 @@ def dataset_file(name: str, folder: Path) -> Path:
     return path
 
 
-def keras_run(python: str, name: str, data: Path) -> dict:
-    done = subprocess.run([python, "-c", KERAS, name, str(data)], capture_output=True, text=True,
+def keras_run(python: str, name: str, data: Path, policy: str = "float32") -> dict:
+    done = subprocess.run([python, "-c", KERAS, name, str(data), policy], capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if done.returncode:
         raise SystemExit(f"vs_keras: Keras' {name} failed: {done.stderr.strip().splitlines()[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def ours(name: str, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", name, "--output_dir", str(out)],
-                          cwd=REPO, capture_output=True, text=True)
+def ours(name: str, out: Path, *flags: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", name, "--output_dir", str(out),
+                           *flags], cwd=REPO, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"vs_keras: mnist_lit's {name} failed: {done.stderr.strip().splitlines()[-1]}")
     metrics = json.loads((out / "metrics.json").read_text())
@@ -115,6 +121,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--keras-python", default=sys.executable,
                         help="the Python that runs Keras (default: this one), e.g. another venv's with tensorflow-cpu")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also Keras' mixed_bfloat16 policy and mnist_lit's --trainer.precision bf16-mixed; "
+                             "every ratio is to Keras' float32 time of the same round")
     args = parser.parse_args()
     probe = subprocess.run([args.keras_python, "-c", "import keras, tensorflow"], capture_output=True)
     if probe.returncode:
@@ -129,6 +138,13 @@ def main() -> None:
                 o = ours(name, Path(tmp) / f"{name}_{round_}")
                 print(f"{round_:<6} {name:<19} {k['seconds']:>8.2f} {o['seconds']:>8.2f} {o['seconds'] / k['seconds']:>6.2f}"
                       f" {k['test_acc']:>10.4f} {o['test_acc']:>8.4f}", flush=True)
+                if args.bf16:
+                    kb = keras_run(args.keras_python, name, data, "mixed_bfloat16")
+                    ob = ours(name, Path(tmp) / f"{name}_{round_}_bf16", "--trainer.precision", "bf16-mixed")
+                    label = f"{name} bf16"
+                    print(f"{round_:<6} {label:<19} {kb['seconds']:>8.2f} {ob['seconds']:>8.2f} "
+                          f"{ob['seconds'] / k['seconds']:>6.2f} {kb['test_acc']:>10.4f} {ob['test_acc']:>8.4f}"
+                          f"   (Keras bf16 / Keras float32: {kb['seconds'] / k['seconds']:.2f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -270,12 +270,22 @@ def describe(module: nn.Module) -> str:
     return {nn.ReLU: "relu", nn.Flatten: "Flatten", nn.Dropout: "Dropout"}.get(type(module), type(module).__name__)
 
 
+def keras_order(layout: list[str]) -> list[str]:
+    """A tutorial's layout as Keras lists it: a ReLU that follows a MaxPool (the cnn pools first, which
+    computes the same) goes back before it, next to its convolution."""
+    layout = list(layout)
+    for i in range(len(layout) - 1):
+        if layout[i].startswith("MaxPooling2D") and layout[i + 1] == "relu":
+            layout[i], layout[i + 1] = layout[i + 1], layout[i]
+    return layout
+
+
 def recognise(path: Path, net: nn.Sequential) -> str:
     """The tutorial whose network has the same modules in the same order, or a one-line error."""
     from mnist_lit.models import TUTORIALS
 
     found = [describe(m) for m in net]
-    layouts = {name: [describe(m) for m in cls().net] for name, cls in TUTORIALS.items()}
+    layouts = {name: keras_order([describe(m) for m in cls().net]) for name, cls in TUTORIALS.items()}
     for name, layout in layouts.items():
         if layout == found:
             return name

@@ -15,6 +15,7 @@ Then it runs `python -m mnist_lit fit` for one epoch in a child process and repo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -88,18 +89,23 @@ def plain_epochs(cli, epochs: int, channels_last: bool) -> list[float]:
     x_train, y_train = dm._splits["train"]
     val = dm._splits.get("val") if dm.hparams.val != "none" else None
     bs, ebs = dm.hparams.batch_size, dm.hparams.eval_batch_size
-    times = []
+    with plain_environment():
+        return [plain_epoch(net, opt, reduction, x_train, y_train, val, bs, ebs, epoch, channels_last)
+                for epoch in range(epochs)]
+
+
+@contextlib.contextmanager
+def plain_environment():
+    """NVML's setting as the process had it before `import lightning`, for the hand-written loops."""
     lightning_setting = os.environ.pop(NVML_CHECK, None)
     if PLAIN_NVML_CHECK is not None:
         os.environ[NVML_CHECK] = PLAIN_NVML_CHECK
     try:
-        for epoch in range(epochs):
-            times.append(plain_epoch(net, opt, reduction, x_train, y_train, val, bs, ebs, epoch, channels_last))
+        yield
     finally:
         os.environ.pop(NVML_CHECK, None)
         if lightning_setting is not None:
             os.environ[NVML_CHECK] = lightning_setting
-    return times
 
 
 def plain_epoch(net, opt, reduction, x_train, y_train, val, bs, ebs, epoch, channels_last) -> float:
@@ -148,22 +154,28 @@ def bare_epochs(cli, epochs: int, channels_last: bool) -> list[float]:
            "rmsprop": lambda p: torch.optim.RMSprop(p, lr=hp.lr, alpha=0.9, eps=1e-7),
            "sgd": lambda p: torch.optim.SGD(p, lr=hp.lr)}[hp.optimizer](net.parameters())
     bs, times = dm.hparams.batch_size, []
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        net.train()
-        order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(epoch)).to(y_train.device)
-        for i in range(0, len(order), bs):
-            idx = order[i:i + bs]
-            x = x_train[idx].float().div_(255)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(net(x), y_train[idx], reduction=hp.loss_reduction)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        float(loss)
-        times.append(time.perf_counter() - start)
+    with plain_environment():
+        for epoch in range(epochs):
+            times.append(bare_epoch(net, opt, hp.loss_reduction, x_train, y_train, bs, epoch, channels_last))
     return times
+
+
+def bare_epoch(net, opt, reduction, x_train, y_train, bs, epoch, channels_last) -> float:
+    """One epoch: shuffle, slice, forward, loss, backward, step; nothing else."""
+    start = time.perf_counter()
+    net.train()
+    order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(epoch)).to(y_train.device)
+    for i in range(0, len(order), bs):
+        idx = order[i:i + bs]
+        x = x_train[idx].float().div_(255)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(net(x), y_train[idx], reduction=reduction)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    float(loss)
+    return time.perf_counter() - start
 
 
 def peak_rss_mb(config: str, extra: list[str]) -> float:

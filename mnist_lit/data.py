@@ -75,9 +75,12 @@ def check_idx(path: Path, magic: int, shown: Path | None = None) -> None:
     """Raise a one-line DataError if an uncompressed IDX file has the wrong magic number, a cut header, or
     a length that does not match its shape. `shown`: the file to name (the user's, not our copy)."""
     shown = shown or path
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise DataError(f"{shown}: unreadable ({e.__class__.__name__}: {e.strerror or e})") from None
     if size < 4:
         raise DataError(f"{shown}: too short to be an IDX file ({size} bytes)")
     found = int.from_bytes(head[:4], "big")
@@ -94,39 +97,53 @@ def check_idx(path: Path, magic: int, shown: Path | None = None) -> None:
 
 
 def _file(folder: Path, name: str) -> Path | None:
-    for candidate in (folder / name, folder / f"{name}.gz"):
+    # the .gz first: beside it, an uncompressed file of the same name is our copy for torchvision
+    for candidate in (folder / f"{name}.gz", folder / name):
         if candidate.is_file():
             return candidate
     return None
 
 
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
 def _raw_copy(src: Path, dst: Path) -> Path:
     """`dst`, an uncompressed copy of `src` (.gz or not) for torchvision, unless `src` is that file already.
 
-    Written under a temporary name and renamed, so a killed run never leaves half a file; rewritten when
-    `src` is newer.
+    Written under a temporary name and renamed, so a killed run never leaves half a file. The copy takes
+    the source's modification time and is made again whenever the two differ.
     """
-    if src.resolve() == dst.resolve() or (dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime):
-        return dst
+    try:
+        stamp = src.stat().st_mtime_ns
+        if _same(src, dst) or (dst.is_file() and dst.stat().st_mtime_ns == stamp):
+            return dst
+    except OSError as e:
+        raise DataError(f"{src}: unreadable ({e.__class__.__name__}: {e.strerror or e})") from None
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
 
     def cannot_write(e: OSError) -> DataError:
         return DataError(f"{dst.parent}: cannot write the uncompressed copy torchvision reads "
-                         f"({e.strerror or e.__class__.__name__}); pass --data.data_dir DIR")
+                         f"({e.strerror or e.__class__.__name__}); use another data folder (--data.data_dir)")
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         fout = open(tmp, "wb")
     except OSError as e:
         raise cannot_write(e) from None
     try:
-        with fout, (gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb")) as fin:
-            shutil.copyfileobj(fin, fout)
-        os.replace(tmp, dst)
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        try:
+            with fout, (gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb")) as fin:
+                shutil.copyfileobj(fin, fout)
+        except (EOFError, gzip.BadGzipFile, OSError) as e:
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+                raise cannot_write(e) from None
+            kind = "truncated gzip stream" if isinstance(e, EOFError) else f"unreadable ({e.__class__.__name__}: {e})"
+            raise DataError(f"{src}: {kind}") from None
+        try:
+            os.utime(tmp, ns=(stamp, stamp))
+            os.replace(tmp, dst)
+        except OSError as e:
             raise cannot_write(e) from None
-        kind = "truncated gzip stream" if isinstance(e, EOFError) else f"unreadable ({e.__class__.__name__}: {e})"
-        raise DataError(f"{src}: {kind}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return dst
@@ -164,14 +181,19 @@ def read_dataset(dataset: str, folder: Path, split: str, root: Path, **kwargs) -
         try:
             check_idx(copy, magic, shown=src)
         except DataError:
-            if copy != src:
+            if not _same(copy, src):
                 copy.unlink(missing_ok=True)  # a copy of a damaged file: made again once the file is mended
             raise
         paths.append(src)
+    legacy = root / info.folder / "processed"
+    if legacy.exists():  # torchvision would read its old .pt files there instead of the checked IDX files
+        raise DataError(f"{legacy}: an old torchvision cache that would be read instead of the IDX files; remove it")
     try:
         ds = info.reader(str(root), train=split == "train", download=False, **kwargs)
     except Exception as e:  # torchvision's reader: checked above, so unexpected
-        raise DataError(f"{folder}: torchvision could not read the {split} split ({e.__class__.__name__}: {e})") from None
+        detail = (str(e).strip().splitlines() or [""])[0][:120]
+        raise DataError(f"{paths[0]}, {paths[1].name}: torchvision could not read them "
+                        f"({e.__class__.__name__}: {detail})") from None
     images, labels = ds.data, ds.targets
     if tuple(images.shape[1:]) != (28, 28):
         raise DataError(f"{paths[0]}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")

@@ -8,7 +8,9 @@ steps run. Its contract, all of it:
   what a plain automatic-optimization `training_step` would return. It may set the hyperparameters
   `compile` (bool) and `channels_last` (bool or None); absent means off and automatic.
 - Optimization is manual, one `train_loss` per optimizer step, unless the run asks for gradient clipping
-  or accumulation, which only Lightning's automatic loop provides (`needs_lightning_loop`).
+  or accumulation, which only Lightning's automatic loop provides (`needs_lightning_loop`); the choice is
+  made whenever Lightning attaches a Trainer. `configure_optimizers` returns one optimizer and no
+  learning-rate scheduler: Lightning steps no schedulers in manual optimization.
 - Step groups (Keras' `steps_per_execution`): in manual mode a DataModule may hand over k batches per
   Lightning batch, wrapped by `StepGroups`; `steps_per_batch` says which k it may use. The updates are
   the same as with single batches; Lightning's per-batch loop is paid once per group.
@@ -202,6 +204,9 @@ class Engine(L.LightningModule):
         if stage == "fit" and self._nvml_check is not None:
             os.environ[NVML_CHECK] = self._nvml_check
 
+    def on_exception(self, exception: BaseException) -> None:  # Lightning skips teardown after an exception
+        self.teardown("fit")
+
     def run_net(self, x: torch.Tensor) -> torch.Tensor:
         if self._channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -209,9 +214,14 @@ class Engine(L.LightningModule):
 
     # ------------------------------------------------------------ steps
 
-    def on_fit_start(self) -> None:
-        # public setter; Lightning reads it per batch, and the DataModule (steps_per_batch) after this hook
-        self.automatic_optimization = needs_lightning_loop(self.trainer)
+    def _attach(self, trainer: L.Trainer | None) -> None:
+        L.LightningModule.trainer.fset(self, trainer)
+        if trainer is not None:  # Lightning reads the choice from here on: set it before anything else does
+            self.automatic_optimization = needs_lightning_loop(trainer)
+
+    # LightningModule's public `trainer` property: Lightning assigns it as a run starts (fit, validate, test,
+    # predict), before it checks the loop configuration or calls any hook
+    trainer = property(L.LightningModule.trainer.fget, _attach)
 
     def on_train_start(self) -> None:
         self._direct_steps = not self.automatic_optimization and direct_steps_possible(self.trainer, self)

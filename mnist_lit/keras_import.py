@@ -4,8 +4,9 @@
 
 Reads the file with h5py, zipfile and json: neither TensorFlow nor Keras is needed. The model's own config
 lists its layers; each becomes torch modules by the table below, and the result must equal one of the five
-tutorials' networks, module for module (layer types, units, filters, kernel sizes, input shape). Optimizer
-variables stored in the file are ignored.
+tutorials' networks, module for module (layer types, units, filters, kernel sizes, input shape; a ReLU
+right after a MaxPool counts as right before it, as the two commute). Optimizer variables stored in the
+file are ignored.
 
 | Keras layer        | torch                    | weights                                                      |
 | ------------------ | ------------------------ | ------------------------------------------------------------ |
@@ -271,7 +272,7 @@ def describe(module: nn.Module) -> str:
 
 
 def keras_order(layout: list[str]) -> list[str]:
-    """A tutorial's layout as Keras lists it: a ReLU that follows a MaxPool (the cnn pools first, which
+    """A layout as Keras lists the tutorials: a ReLU that follows a MaxPool (the cnn pools first, which
     computes the same) goes back before it, next to its convolution."""
     layout = list(layout)
     for i in range(len(layout) - 1):
@@ -284,7 +285,7 @@ def recognise(path: Path, net: nn.Sequential) -> str:
     """The tutorial whose network has the same modules in the same order, or a one-line error."""
     from mnist_lit.models import TUTORIALS
 
-    found = [describe(m) for m in net]
+    found = keras_order([describe(m) for m in net])  # a file that pools before its ReLU is the same network
     layouts = {name: keras_order([describe(m) for m in cls().net]) for name, cls in TUTORIALS.items()}
     for name, layout in layouts.items():
         if layout == found:
@@ -375,7 +376,7 @@ def import_keras(source: str | Path, output: str | Path | None = None, dataset: 
     print(f"Saved {out / 'model.ckpt'} and {scripted} (TorchScript)", flush=True)
     try:
         images, labels = load_split(locate(model.hparams.dataset, data_dir, allow_download=False), "test",
-                                     model.hparams.dataset, Path(data_dir))
+                                     model.hparams.dataset)  # copies for torchvision in a temporary folder
     except UserError as e:
         print(f"Test accuracy not measured: {e}", flush=True)
         return out

@@ -214,7 +214,7 @@ def main(argv: list[str]) -> int:
         net, meta = load_checkpoint_model(model)
         try:  # the files at hand only: report never downloads
             images, labels = load_split(locate(meta["dataset"], args.data_dir, allow_download=False), "test",
-                                             meta["dataset"], Path(args.data_dir))
+                                             meta["dataset"])  # copies for torchvision in a temporary folder
         except UserError as e:
             print(f"misclassified.png not drawn: {e}")
     if not (folder / "metrics.json").is_file() and (folder / "last.ckpt").is_file():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -184,14 +185,43 @@ def test_a_data_folder_that_cannot_hold_the_copies_is_one_line(tmp_path: Path):
     with pytest.raises(DataError, match="cannot write the uncompressed copy torchvision reads") as e:
         data.prepare_raw("mnist", source, tmp_path / "a-file")
     assert str(e.value).startswith(str(tmp_path / "a-file" / "MNIST" / "raw"))
-    assert "\n" not in str(e.value) and "--data.data_dir" in str(e.value)
+    assert "\n" not in str(e.value) and "another data folder" in str(e.value)
 
 
-def test_class_names_are_torchvisions():
+def test_class_names_come_from_torchvision():
     from torchvision import datasets
 
-    assert data.DATASETS["fashion_mnist"].classes == tuple(datasets.FashionMNIST.classes)
+    assert datasets.FashionMNIST.classes[0] == "T-shirt/top"
+    assert data.DATASETS["fashion_mnist"].classes == (  # the Fashion-MNIST README's names
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
     assert data.DATASETS["mnist"].classes == tuple("0123456789")  # torchvision's "7 - seven", as Keras prints it
+
+
+def test_a_replaced_gz_in_the_data_folder_is_read_again(tmp_path: Path):
+    """The copies torchvision reads sit beside the .gz files in the data folder: a new .gz must win."""
+    raw = write_idx_folder(tmp_path / "data" / "MNIST" / "raw")
+
+    def test_labels() -> torch.Tensor:
+        dm = MNISTDataModule(data_dir=str(tmp_path / "data"), download=False)
+        dm.prepare_data()
+        dm.setup("test")
+        return dm.test_set()[1]
+
+    first = test_labels()
+    assert (raw / "t10k-labels-idx1-ubyte").is_file()  # the copy, beside its .gz
+    _, labels = synthetic_split(TEST, 9)
+    packed = raw / "t10k-labels-idx1-ubyte.gz"
+    packed.write_bytes(gzip.compress(idx_bytes(labels, 0x801)))
+    os.utime(packed, ns=(1, 1))  # even an older time (cp -p, tar): different from the copy's is enough
+    again = test_labels()
+    assert not torch.equal(first, again) and torch.equal(again, torch.from_numpy(labels).long())
+
+
+def test_an_old_torchvision_cache_is_refused_in_one_line(data_root: Path):
+    (data_root / "MNIST" / "processed").mkdir()
+    with pytest.raises(DataError, match="old torchvision cache") as e:
+        load_split(data_root / "MNIST" / "raw", "test", "mnist", data_root)
+    assert "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------- batches

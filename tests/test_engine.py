@@ -85,3 +85,17 @@ def test_direct_steps_are_counted_by_lightning_and_stop_at_max_steps(data_root: 
     else:  # clipping needs Lightning's automatic loop: single batches, Lightning's own backward and step
         assert seen.direct == [False, False] and seen.automatic == [True, True]
         assert isinstance(trainer.train_dataloader, TensorBatches)
+
+
+def test_a_second_fit_of_the_same_model_may_ask_for_clipping(data_root: Path):
+    """The manual/automatic choice follows each Trainer, so one fit's choice never refuses the next fit."""
+    model = TinyMLP()
+    seen = []
+    for clip in (None, 1.0, None):
+        spy = Seen()
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[spy],
+                            gradient_clip_val=clip)
+        trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_root), batch_size=32, download=False))
+        seen.append((spy.automatic, trainer.global_step))
+    assert seen == [([False], 20), ([True], 20), ([False], 20)]

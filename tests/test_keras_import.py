@@ -249,3 +249,17 @@ def test_weights_of_an_unknown_kind_are_refused(tmp_path: Path):
     with pytest.raises(UserError, match="must be a .keras, .h5, .ckpt or .pt file"):
         CNN(weights=str(path))
     shutil.rmtree(tmp_path)
+
+
+def test_either_order_of_relu_and_pool_is_the_cnn(tmp_path: Path):
+    """Keras' cnn is conv, ReLU, pool; mnist_lit's pools first. Both layouts are the same network."""
+    from torch import nn
+
+    from mnist_lit.keras_import import recognise
+
+    net = CNN().net
+    keras_order = nn.Sequential(*[net[i] for i in (0, 2, 1, 3, 5, 4, 6, 8, 7)], *list(net)[9:])
+    assert recognise(tmp_path / "a.keras", keras_order) == "cnn"
+    assert recognise(tmp_path / "b.keras", net) == "cnn"
+    with pytest.raises(UserError, match="not one of the tutorials' networks"):
+        recognise(tmp_path / "c.keras", nn.Sequential(*list(net)[:1], *list(net)[2:]))  # a pool missing

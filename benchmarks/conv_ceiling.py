@@ -16,7 +16,6 @@ the step says how much of the step any change outside oneDNN's kernels can still
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from cnn_step import cnn_step  # noqa: E402  (benchmarks/ is this script's own folder)
 from mnist_lit.models import TUTORIALS  # noqa: E402
 
 BATCH = 128
@@ -104,22 +104,7 @@ def main() -> None:
         print(f"  {'convolution':<24} {'pass':<19} {'ms':>6} {'GFLOP/s':>8} {'of best':>8}")
         for label, pass_name, ms, rate in rows:
             print(f"  {label:<24} {pass_name:<19} {ms:>6.2f} {rate:>8.0f} {rate / best:>8.0%}")
-        model = TUTORIALS["cnn"]()
-        net = model.net.to(memory_format=CL)
-        optimizer = model.configure_optimizers()
-        images = torch.rand(BATCH, 1, 28, 28).contiguous(memory_format=CL)
-        labels = torch.randint(0, 10, (BATCH,))
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16
-                    else contextlib.nullcontext())
-
-        def step() -> None:
-            with autocast:
-                loss = F.cross_entropy(net(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        step_ms = timed(step, args.repeats)
+        step_ms = timed(cnn_step(bf16=dtype == torch.bfloat16), args.repeats)
         print(f"  convolutions {total:.2f} ms of a {step_ms:.2f} ms training step ({total / step_ms:.0%}); "
               f"everything else {step_ms - total:.2f} ms")
 

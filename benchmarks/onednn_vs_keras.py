@@ -60,7 +60,6 @@ print("STEP_MS", min(e - s for s, e in list(zip(starts, ends))[1:]) / steps * 1e
 
 def torch_child(steps: int, bf16: bool) -> None:
     """The bare torch loop, run as a child process of this script."""
-    import contextlib
     import time
 
     sys.path.insert(0, str(REPO))
@@ -68,25 +67,10 @@ def torch_child(steps: int, bf16: bool) -> None:
 
     memory.tune()
     import torch
-    import torch.nn.functional as F
-
-    from mnist_lit.models import TUTORIALS
+    from cnn_step import cnn_step  # benchmarks/ is this script's own folder
 
     torch.manual_seed(0)
-    model = TUTORIALS["cnn"]()
-    net = model.net.to(memory_format=torch.channels_last)
-    optimizer = model.configure_optimizers()
-    images = torch.rand(128, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 10, (128,))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-    def step() -> None:
-        with autocast:
-            loss = F.cross_entropy(net(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
+    step = cnn_step(bf16)
     times = []
     for _ in range(3):  # as Keras: three epochs of `steps` steps, the first one warm-up
         start = time.perf_counter()

@@ -6,8 +6,9 @@ Run by hand, not in the tests:  python benchmarks/train_speed.py [--configs cnn 
 For each config, in one process, it alternates a `fit` built by the CLI (progress line, checkpointing
 and CSV logger on, as a user gets them) with a plain loop over the same data tensors, network, optimizer
 and batch size (and the model's memory format, so the ratio is the cost of the framework alone), and a
-bare loop (torch's own optimizer, no metrics, no validation), `--rounds` times. An epoch is timed from the start of one epoch to the start of the
-next (validation, checkpoint and logging included); the first epoch of each run is warm-up and dropped.
+bare loop (torch's own optimizer, no metrics, no validation), `--rounds` times. An epoch is timed from
+the start of one epoch to the start of the next (validation, checkpoint and logging included); the first
+epoch of each run is warm-up and dropped.
 Then it runs `python -m mnist_lit fit` for one epoch in a child process and reports its peak RSS
 (VmHWM, polled every 50 ms).
 """

@@ -293,6 +293,7 @@ class MnistCLI(LightningCLI):
     def before_fit(self) -> None:
         if not self.trainer.is_global_zero:
             return
+        self.datamodule.source  # a data folder with a file missing: one line, before anything is written
         # before anything is written: a second fit into this folder would interleave its last.ckpt with ours
         self._folder_lock = atomic.hold_folder(self.output_dir)
         if getattr(self, "_missing_last", None) is not None:

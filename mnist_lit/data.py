@@ -1,9 +1,11 @@
 """MNIST and Fashion-MNIST: finding the IDX files, reading them with torchvision, and serving batches.
 
 torchvision's `MNIST` / `FashionMNIST` datasets read the files and name the classes. They read only
-uncompressed files under <root>/<MNIST|FashionMNIST>/raw, so compressed or elsewhere-installed copies are
-decompressed into the data folder first (once; atomically). Before torchvision reads a file, `check_idx`
-turns a damaged one into a one-line error naming it (torchvision stops on a bare assertion).
+uncompressed files under <root>/<MNIST|FashionMNIST>/raw, so mnist_lit gives them a root of its own in its
+cache folder (`cache_root()`), one per source folder: there a `.gz` is decompressed (once; atomically) and a
+plain file is linked. Nothing is ever written into the folders the files are found in. Before torchvision
+reads a file, `check_idx` turns a damaged one into a one-line error naming it (torchvision stops on a bare
+assertion).
 
 Two input paths share one contract (uint8 batches of N x 1 x 28 x 28 images and int64 labels, scaled to
 [0, 1] on the training device in `on_after_batch_transfer`):
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import hashlib
 import io
 import math
 import os
@@ -38,13 +41,23 @@ from mnist_lit.errors import UserError
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FILES = tuple(name for pair in SPLITS.values() for name in pair)
 IMAGES_MAGIC, LABELS_MAGIC = 0x0803, 0x0801  # uint8 type code, then 3 or 1 dimensions
+CACHE_ENV = "MNIST_LIT_CACHE"
+
+
+@dataclass(frozen=True)
+class SystemCopy:
+    """A read-only copy installed by an OS package."""
+
+    folder: str
+    package: str  # what installs it, named in messages
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
     reader: type[datasets.MNIST]  # torchvision's dataset class: file layout, reader and class names
-    system_dirs: tuple[str, ...] = ()  # read-only copies installed by an OS package
+    system: tuple[SystemCopy, ...] = ()
 
     @property
     def folder(self) -> str:  # torchvision's folder name under the data root
@@ -58,8 +71,8 @@ class DatasetInfo:
 
 DATASETS = {
     "mnist": DatasetInfo(datasets.MNIST),
-    "fashion_mnist": DatasetInfo(datasets.FashionMNIST,
-                                 system_dirs=("/usr/share/datasets/fashion-mnist",)),  # Debian's package
+    "fashion_mnist": DatasetInfo(datasets.FashionMNIST, system=(
+        SystemCopy("/usr/share/datasets/fashion-mnist", "Debian's dataset-fashion-mnist package"),)),
 }
 DatasetName = Literal["mnist", "fashion_mnist"]
 
@@ -97,97 +110,118 @@ def check_idx(path: Path, magic: int, shown: Path | None = None) -> None:
 
 
 def _file(folder: Path, name: str) -> Path | None:
-    # the .gz first: beside it, an uncompressed file of the same name is our copy for torchvision
+    # the .gz first when both are there: a user who keeps both and replaces the .gz means the new one
     for candidate in (folder / f"{name}.gz", folder / name):
         if candidate.is_file():
             return candidate
     return None
 
 
-def _same(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
+# ---------------------------------------------------------------- mnist_lit's own copies
+
+
+def cache_root() -> Path:
+    """mnist_lit's own folder for the copies torchvision reads: $MNIST_LIT_CACHE, else
+    $XDG_CACHE_HOME/mnist_lit, else ~/.cache/mnist_lit. Everything in it is mnist_lit's to replace."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnist_lit"
+
+
+def torchvision_root(folder: Path) -> Path:
+    """The root torchvision reads `folder`'s files from: a folder of the cache that belongs to `folder`
+    alone (named by a hash of its absolute path), so two sources never share or swap copies."""
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    return cache_root() / key
+
+
+def _cannot_write(folder: Path, e: OSError) -> DataError:
+    return DataError(f"{folder}: cannot write the uncompressed copy torchvision reads "
+                     f"({e.strerror or e.__class__.__name__}); point {CACHE_ENV} at a writable folder")
 
 
 def _raw_copy(src: Path, dst: Path) -> Path:
-    """`dst`, an uncompressed copy of `src` (.gz or not) for torchvision, unless `src` is that file already.
+    """`dst` in the cache, holding what `src` holds for torchvision: a link to a plain file, the
+    decompressed contents of a .gz.
 
-    Written under a temporary name and renamed, so a killed run never leaves half a file. The copy takes
-    the source's modification time and is made again whenever the two differ.
+    Made under a temporary name and renamed, so a killed run never leaves half a file. A decompressed copy
+    takes the source's modification time and is made again whenever the two differ.
     """
     try:
         stamp = src.stat().st_mtime_ns
-        if _same(src, dst) or (dst.is_file() and dst.stat().st_mtime_ns == stamp):
+        target = str(src.resolve())
+        if src.suffix != ".gz" and dst.is_symlink() and os.readlink(dst) == target:
+            return dst
+        if src.suffix == ".gz" and not dst.is_symlink() and dst.is_file() and dst.stat().st_mtime_ns == stamp:
             return dst
     except OSError as e:
         raise DataError(f"{src}: unreadable ({e.__class__.__name__}: {e.strerror or e})") from None
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-
-    def cannot_write(e: OSError) -> DataError:
-        return DataError(f"{dst.parent}: cannot write the uncompressed copy torchvision reads "
-                         f"({e.strerror or e.__class__.__name__}); use another data folder (--data.data_dir)")
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        fout = open(tmp, "wb")
-    except OSError as e:
-        raise cannot_write(e) from None
-    try:
-        try:
-            with fout, (gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb")) as fin:
-                shutil.copyfileobj(fin, fout)
-        except (EOFError, gzip.BadGzipFile, OSError) as e:
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
-                raise cannot_write(e) from None
-            kind = "truncated gzip stream" if isinstance(e, EOFError) else f"unreadable ({e.__class__.__name__}: {e})"
-            raise DataError(f"{src}: {kind}") from None
-        try:
-            os.utime(tmp, ns=(stamp, stamp))
-            os.replace(tmp, dst)
-        except OSError as e:
-            raise cannot_write(e) from None
-    finally:
         tmp.unlink(missing_ok=True)
+        if src.suffix != ".gz":
+            os.symlink(target, tmp)
+        else:
+            _decompress(src, tmp, dst.parent)
+            os.utime(tmp, ns=(stamp, stamp))
+        os.replace(tmp, dst)
+    except OSError as e:
+        raise _cannot_write(dst.parent, e) from None
+    finally:
+        with contextlib.suppress(OSError):  # (in a folder that could not be made, there is nothing to remove)
+            tmp.unlink(missing_ok=True)
     return dst
 
 
-def _copies(dataset: str, folder: Path, root: Path) -> dict[str, tuple[Path, Path]]:
-    """For each of the four files: (the file in `folder`, its uncompressed copy under <root>/<Folder>/raw).
-    torchvision wants all four there, whichever split it reads."""
+def _decompress(src: Path, tmp: Path, folder: Path) -> None:
+    with open(tmp, "wb") as fout:
+        try:
+            with gzip.open(src, "rb") as fin:
+                shutil.copyfileobj(fin, fout)
+        except (EOFError, gzip.BadGzipFile, OSError) as e:
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+                raise
+            kind = "truncated gzip stream" if isinstance(e, EOFError) else f"unreadable ({e.__class__.__name__}: {e})"
+            raise DataError(f"{src}: {kind}") from None
+
+
+def _copies(dataset: str, folder: Path) -> tuple[Path, dict[str, tuple[Path, Path]]]:
+    """The root torchvision reads, and for each of the four files: (the file in `folder`, its copy under
+    <root>/<Folder>/raw). torchvision wants all four there, whichever split it reads."""
+    root = torchvision_root(folder)
     raw = root / DATASETS[dataset].folder / "raw"
     copies = {}
-    for name in (name for pair in SPLITS.values() for name in pair):
+    for name in FILES:
         src = _file(folder, name)
         if src is None:
             raise DataError(f"{folder}: missing {name}[.gz]")
         copies[name] = (src, _raw_copy(src, raw / name))
-    return copies
+    return root, copies
 
 
-def prepare_raw(dataset: str, folder: Path, root: Path) -> None:
-    """Make the uncompressed copies of `folder`'s four files that torchvision reads under `root`."""
-    _copies(dataset, folder, root)
+def prepare_raw(dataset: str, folder: Path) -> Path:
+    """Make the copies of `folder`'s four files that torchvision reads; returns their root."""
+    return _copies(dataset, folder)[0]
 
 
-def read_dataset(dataset: str, folder: Path, split: str, root: Path, **kwargs) -> datasets.MNIST:
-    """torchvision's dataset of one split, read from the IDX files in `folder` through <root>/<Folder>/raw.
+def read_dataset(dataset: str, folder: Path, split: str, **kwargs) -> datasets.MNIST:
+    """torchvision's dataset of one split, read from the IDX files in `folder` through its cache copies.
 
     The split's files are checked first (`check_idx`), and the result too (28 x 28 images, as many labels
     as images, labels 0-9): anything wrong is one DataError naming the file. `kwargs` go to torchvision.
     """
     info = DATASETS[dataset]
-    copies = _copies(dataset, folder, root)
+    root, copies = _copies(dataset, folder)
     paths = []
     for name, magic in zip(SPLITS[split], (IMAGES_MAGIC, LABELS_MAGIC)):
         src, copy = copies[name]
         try:
             check_idx(copy, magic, shown=src)
         except DataError:
-            if not _same(copy, src):
-                copy.unlink(missing_ok=True)  # a copy of a damaged file: made again once the file is mended
+            copy.unlink(missing_ok=True)  # our copy of a damaged file: made again once the file is mended
             raise
         paths.append(src)
-    legacy = root / info.folder / "processed"
-    if legacy.exists():  # torchvision would read its old .pt files there instead of the checked IDX files
-        raise DataError(f"{legacy}: an old torchvision cache that would be read instead of the IDX files; remove it")
     try:
         ds = info.reader(str(root), train=split == "train", download=False, **kwargs)
     except Exception as e:  # torchvision's reader: checked above, so unexpected
@@ -204,75 +238,95 @@ def read_dataset(dataset: str, folder: Path, split: str, root: Path, **kwargs) -
     return ds
 
 
-def load_split(folder: Path, split: str, dataset: str = "mnist", root: Path | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N x 1 x 28 x 28 uint8) and labels (N int64) of one split, read as `read_dataset` reads them.
-
-    Without a `root`, uncompressed copies are made in a temporary folder and removed again.
-    """
-    if root is not None:
-        ds = read_dataset(dataset, folder, split, root)
-        return ds.data.unsqueeze(1), ds.targets
-    with tempfile.TemporaryDirectory(prefix="mnist_lit-") as tmp:
-        ds = read_dataset(dataset, folder, split, Path(tmp))
-        return ds.data.unsqueeze(1), ds.targets
+def load_split(folder: Path, split: str, dataset: str = "mnist") -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N x 1 x 28 x 28 uint8) and labels (N int64) of one split, read as `read_dataset` reads them."""
+    ds = read_dataset(dataset, folder, split)
+    return ds.data.unsqueeze(1), ds.targets
 
 
 # ---------------------------------------------------------------- finding the files
 
 
-def _complete(folder: Path) -> bool:
-    return all(_file(folder, name) for pair in SPLITS.values() for name in pair)
+def user_dirs(dataset: str, data_dir: Path) -> list[Path]:
+    """The data folder's places for the files, in the order searched."""
+    folder = DATASETS[dataset].folder
+    return [data_dir / folder / "raw", data_dir / folder, data_dir]
 
 
-def candidate_dirs(dataset: str, data_dir: Path) -> list[Path]:
-    """Folders searched, in order: the data folder, the repo's shipped copy, system copies."""
+def fallbacks(dataset: str) -> list[tuple[Path, str]]:
+    """Copies used when the data folder holds none of the files, in order, each with its name in messages."""
     info = DATASETS[dataset]
-    user = [data_dir / info.folder / "raw", data_dir / info.folder, data_dir]
-    return user + [REPO_DATA / info.folder / "raw"] + [Path(d) for d in info.system_dirs]
+    shipped = [(REPO_DATA / info.folder / "raw", "the copy shipped with mnist_lit")]
+    return shipped + [(Path(s.folder), s.package) for s in info.system]
+
+
+def _held(folder: Path) -> list[str]:
+    return [name for name in FILES if _file(folder, name)]
 
 
 def _expected_files() -> str:
-    return ", ".join(f"{n}.gz" for pair in SPLITS.values() for n in pair)
+    return ", ".join(f"{n}.gz" for n in FILES)
+
+
+def _where_to_get(dataset: str, target: Path) -> str:
+    packages = [s.package.removeprefix("Debian's ").removesuffix(" package") for s in DATASETS[dataset].system]
+    also = f", or apt-get install {' '.join(packages)}" if packages else ""
+    return f"put {_expected_files()} in {target} (or pass --data.data_dir DIR){also}"
 
 
 def download(dataset: str, data_dir: Path, timeout: float = 20.0) -> Path:
-    """Fetch with torchvision into a temporary folder, then move the complete files into place."""
+    """Fetch with torchvision into a temporary folder, then move the complete .gz files into place, never
+    over a file that is there already."""
     info = DATASETS[dataset]
     target = data_dir / info.folder / "raw"
-    target.parent.mkdir(parents=True, exist_ok=True)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)  # torchvision's urlopen has no timeout of its own
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 info.reader(tmp, train=True, download=True)
             target.mkdir(exist_ok=True)
-            for f in (Path(tmp) / info.folder / "raw").iterdir():
-                os.replace(f, target / f.name)
+            # the .gz files only: torchvision also unpacks them, but the copies it reads live in the cache
+            for f in sorted((Path(tmp) / info.folder / "raw").glob("*.gz")):
+                os.link(f, target / f.name)  # fails on a file of that name instead of replacing it
     except Exception as e:  # torchvision raises RuntimeError, URLError, socket errors...
-        raise DataError(
-            f"{info.folder} not found and the download failed ({e.__class__.__name__}); "
-            f"put {_expected_files()} in {target} (or pass --data.data_dir DIR)"
-        ) from None
+        raise DataError(f"{info.folder} not found and the download failed ({e.__class__.__name__}); "
+                        f"{_where_to_get(dataset, target)}") from None
     finally:
         socket.setdefaulttimeout(previous)
     return target
 
 
-def locate(dataset: str, data_dir: str | Path, allow_download: bool = True) -> Path:
-    """The first folder holding all four IDX files of `dataset`, downloading as a last resort."""
+def locate(dataset: str, data_dir: str | Path, allow_download: bool = True,
+           say: Callable[[str], None] = lambda line: None) -> Path:
+    """The folder holding the four IDX files of `dataset`.
+
+    The data folder comes first, in torchvision's layout or flat. A place there that holds some of the four
+    files but not all is the user's data, incomplete: one DataError naming what is missing. Only when the
+    data folder holds none of them do the shipped copy, a system copy and then a download stand in, and
+    `say` gets one line naming which.
+    """
     data_dir = Path(data_dir)
-    for folder in candidate_dirs(dataset, data_dir):
-        if _complete(folder):
-            return folder
-    if allow_download:
-        return download(dataset, data_dir)
     info = DATASETS[dataset]
-    raise DataError(
-        f"{info.folder} not found in {data_dir} or {REPO_DATA} and downloads are off; "
-        f"put {_expected_files()} in {data_dir / info.folder / 'raw'}"
-    )
+    for folder in user_dirs(dataset, data_dir):
+        held = _held(folder)
+        if len(held) == len(FILES):
+            return folder
+        if held:
+            missing = ", ".join(f"{name}[.gz]" for name in FILES if name not in held)
+            raise DataError(f"{folder}: holds {len(held)} of the 4 {info.folder} files, missing {missing}; "
+                            "add it, or give another --data.data_dir (nothing was read or written)")
+    for folder, name in fallbacks(dataset):
+        if len(_held(folder)) == len(FILES):
+            say(f"Data: no {info.folder} files in {data_dir}; using {name}, {folder}")
+            return folder
+    target = data_dir / info.folder / "raw"
+    if allow_download:
+        say(f"Data: no {info.folder} files in {data_dir}; downloading them with torchvision into {target}")
+        return download(dataset, data_dir)
+    raise DataError(f"{info.folder} not found in {data_dir} or {REPO_DATA} and downloads are off; "
+                    f"{_where_to_get(dataset, target)}")
 
 
 # ---------------------------------------------------------------- batches
@@ -322,7 +376,8 @@ class MNISTDataModule(L.LightningDataModule):
 
     Args:
         dataset: which data set.
-        data_dir: your data folder; searched first, and where decompressed copies and downloads go.
+        data_dir: your data folder: searched first, and where a download goes (nothing else is written
+            there; the uncompressed copies torchvision reads live in mnist_lit's cache folder).
         batch_size: training batch size (the Keras `batch_size`).
         val: "none" (fit on all 60,000), "holdout" (a seeded hold-out of `val_size` from train), or
             "test" (the 10,000 test images, as the TF2 tutorial's `validation_data`).
@@ -348,23 +403,28 @@ class MNISTDataModule(L.LightningDataModule):
         self.classes = DATASETS[dataset].classes
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._tv: dict[str, torch.utils.data.Dataset] = {}
+        self._source: Path | None = None
 
     @property
     def source(self) -> Path:
-        return locate(self.hparams.dataset, self.hparams.data_dir, self.hparams.download)
+        """The folder the four IDX files are read from, looked up once (see `locate`)."""
+        if self._source is None:
+            quiet = self.trainer is not None and not self.trainer.is_global_zero  # one line per run, not per rank
+            self._source = locate(self.hparams.dataset, self.hparams.data_dir, self.hparams.download,
+                                  say=(lambda line: None) if quiet else (lambda line: print(line, flush=True)))
+        return self._source
 
     def prepare_data(self) -> None:
-        # once per machine, before any rank's setup: find (or download) the files, copy them for torchvision
-        prepare_raw(self.hparams.dataset, self.source, Path(self.hparams.data_dir))
+        # once per machine, before any rank's setup: find (or download) the files, make torchvision's copies
+        prepare_raw(self.hparams.dataset, self.source)
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
         if self._splits or self._tv:
             return
-        source, root = self.source, Path(hp.data_dir)
         # torchvision loader: items as 1 x 28 x 28 uint8 tensors; scaling happens on the device
         items = {"transform": transforms.PILToTensor()} if hp.loader == "torchvision" else {}
-        train, test = (read_dataset(hp.dataset, source, split, root, **items) for split in ("train", "test"))
+        train, test = (read_dataset(hp.dataset, self.source, split, **items) for split in ("train", "test"))
         if hp.loader == "torchvision":
             self._setup_torchvision(train, test)
             return
@@ -401,7 +461,7 @@ class MNISTDataModule(L.LightningDataModule):
         if "test" in self._splits:
             images, labels = self._splits["test"]
             return images.cpu(), labels.cpu()
-        return load_split(self.source, "test", self.hparams.dataset, Path(self.hparams.data_dir))
+        return load_split(self.source, "test", self.hparams.dataset)
 
     # ------------------------------------------------------------ loaders
 

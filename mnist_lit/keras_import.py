@@ -375,8 +375,8 @@ def import_keras(source: str | Path, output: str | Path | None = None, dataset: 
     scripted = export.export(out / "model.ckpt", "torchscript", out / "model.pt")
     print(f"Saved {out / 'model.ckpt'} and {scripted} (TorchScript)", flush=True)
     try:
-        images, labels = load_split(locate(model.hparams.dataset, data_dir, allow_download=False), "test",
-                                     model.hparams.dataset)  # copies for torchvision in a temporary folder
+        source = locate(model.hparams.dataset, data_dir, allow_download=False, say=lambda line: print(line, flush=True))
+        images, labels = load_split(source, "test", model.hparams.dataset)
     except UserError as e:
         print(f"Test accuracy not measured: {e}", flush=True)
         return out

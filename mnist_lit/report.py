@@ -213,8 +213,8 @@ def main(argv: list[str]) -> int:
     if model is not None:  # the tested model, or for an interrupted run its last finished epoch
         net, meta = load_checkpoint_model(model)
         try:  # the files at hand only: report never downloads
-            images, labels = load_split(locate(meta["dataset"], args.data_dir, allow_download=False), "test",
-                                             meta["dataset"])  # copies for torchvision in a temporary folder
+            source = locate(meta["dataset"], args.data_dir, allow_download=False, say=print)
+            images, labels = load_split(source, "test", meta["dataset"])
         except UserError as e:
             print(f"misclassified.png not drawn: {e}")
     if not (folder / "metrics.json").is_file() and (folder / "last.ckpt").is_file():

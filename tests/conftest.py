@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,11 @@ def write_idx_folder(folder: Path, train: int = TRAIN, test: int = TEST, gz: boo
 # the processes it starts. tests/test_gpu.py (marked gpu) is what runs on the GPU.
 if os.environ.get("MNIST_LIT_TEST_ON_GPU") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+# the uncompressed copies torchvision reads go to a cache of the suite's own (inherited by the processes
+# it starts), not the user's ~/.cache/mnist_lit
+os.environ["MNIST_LIT_CACHE"] = CACHE = tempfile.mkdtemp(prefix="mnist_lit-test-cache-")
+atexit.register(shutil.rmtree, CACHE, True)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -104,11 +104,19 @@ def nothing_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """No shipped copy and no system copy (this machine may have Debian's dataset-fashion-mnist)."""
     monkeypatch.setattr(data, "REPO_DATA", tmp_path / "no-shipped-data")
     for name, info in data.DATASETS.items():
-        monkeypatch.setitem(data.DATASETS, name, dataclasses.replace(info, system_dirs=()))
+        monkeypatch.setitem(data.DATASETS, name, dataclasses.replace(info, system=()))
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folder`: its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_lookup_prefers_the_data_folder(data_root: Path):
-    assert locate("mnist", data_root) == data_root / "MNIST" / "raw"
+    said = []
+    assert locate("mnist", data_root, say=said.append) == data_root / "MNIST" / "raw"
+    assert said == [], "the user's own folder needs no word"
 
 
 @pytest.mark.parametrize("layout", ["flat", "folder", "raw"])
@@ -118,21 +126,37 @@ def test_data_folder_layouts(tmp_path: Path, layout: str):
     assert locate("mnist", tmp_path) == where
 
 
-def test_lookup_falls_back_to_shipped_copy(tmp_path: Path):
-    assert locate("mnist", tmp_path / "empty") == data.REPO_DATA / "MNIST" / "raw"
+def test_lookup_falls_back_to_shipped_copy_and_says_so(tmp_path: Path):
+    said = []
+    assert locate("mnist", tmp_path / "empty", say=said.append) == data.REPO_DATA / "MNIST" / "raw"
+    assert said == [f"Data: no MNIST files in {tmp_path / 'empty'}; using the copy shipped with mnist_lit, "
+                    f"{data.REPO_DATA / 'MNIST' / 'raw'}"]
 
 
-def test_lookup_uses_system_copy_of_fashion(tmp_path: Path, monkeypatch, nothing_shipped):
+def test_lookup_uses_system_copy_of_fashion_and_says_so(tmp_path: Path, monkeypatch, nothing_shipped):
     system = write_idx_folder(tmp_path / "usr-share-datasets-fashion-mnist")
-    info = dataclasses.replace(data.DATASETS["fashion_mnist"], system_dirs=("/nonexistent", str(system)))
+    info = dataclasses.replace(data.DATASETS["fashion_mnist"], system=(
+        data.SystemCopy("/nonexistent", "nothing"), data.SystemCopy(str(system), "Debian's dataset-fashion-mnist package")))
     monkeypatch.setitem(data.DATASETS, "fashion_mnist", info)
-    assert locate("fashion_mnist", tmp_path / "empty") == system
+    said = []
+    assert locate("fashion_mnist", tmp_path / "empty", say=said.append) == system
+    assert len(said) == 1 and "Debian's dataset-fashion-mnist package" in said[0] and str(system) in said[0]
 
 
-def test_incomplete_folder_is_skipped(tmp_path: Path):
-    partial = write_idx_folder(tmp_path / "MNIST" / "raw")
-    (partial / "t10k-labels-idx1-ubyte.gz").unlink()
-    assert locate("mnist", tmp_path) == data.REPO_DATA / "MNIST" / "raw"
+def test_a_download_says_so_and_writes_only_new_files(tmp_path: Path, monkeypatch, nothing_shipped):
+    """A stand-in for torchvision's download (none reaches the internet here): it writes the four .gz files
+    and their unpacked copies; the data folder gets the .gz files and nothing else."""
+    def fetch(self, *args, **kwargs):
+        write_idx_folder(Path(self.raw_folder))
+        write_idx_folder(Path(self.raw_folder), gz=False)
+
+    monkeypatch.setattr(data.datasets.MNIST, "download", fetch)
+    said = []
+    folder = locate("mnist", tmp_path / "d", say=said.append)
+    assert folder == tmp_path / "d" / "MNIST" / "raw"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{n}.gz" for n in data.FILES)
+    assert said == [f"Data: no MNIST files in {tmp_path / 'd'}; downloading them with torchvision into {folder}"]
+    assert not list((tmp_path / "d").glob(".download-*")), "temporary download folder left behind"
 
 
 def test_offline_download_fails_in_one_line(tmp_path: Path, no_download, nothing_shipped):
@@ -144,26 +168,96 @@ def test_offline_download_fails_in_one_line(tmp_path: Path, no_download, nothing
     assert not list((tmp_path / "d").glob(".download-*")), "temporary download folder left behind"
 
 
+def test_fashion_not_found_names_the_debian_package(tmp_path: Path):
+    """On a fresh machine without internet, the first thing the Fashion tutorial's reader meets."""
+    monkeypatch = pytest.MonkeyPatch()
+    with monkeypatch.context() as m:
+        m.setitem(data.DATASETS, "fashion_mnist", dataclasses.replace(data.DATASETS["fashion_mnist"], system=(
+            data.SystemCopy(str(tmp_path / "not-installed"), "Debian's dataset-fashion-mnist package"),)))
+        with pytest.raises(DataError) as e:
+            locate("fashion_mnist", tmp_path / "d", allow_download=False)
+    assert "apt-get install dataset-fashion-mnist" in str(e.value)
+    assert str(tmp_path / "d" / "FashionMNIST" / "raw") in str(e.value) and "\n" not in str(e.value)
+
+
 def test_no_download_flag(tmp_path: Path, nothing_shipped):
     with pytest.raises(DataError, match="downloads are off"):
         locate("mnist", tmp_path, allow_download=False)
 
 
-# ---------------------------------------------------------------- torchvision's copies
+# ---------------------------------------------------------------- the user's files are never written
 
 
-def test_torchvision_reads_copies_made_once_and_again_when_the_source_changes(tmp_path: Path):
+def test_a_folder_with_a_file_missing_is_refused_and_left_as_it_was(tmp_path: Path):
+    """Issue 26: three of the four files of the user's own data; once the shipped MNIST was read instead,
+    and the user's three files were replaced with MNIST's."""
+    raw = write_idx_folder(tmp_path / "mydata" / "MNIST" / "raw", train=100, test=50, gz=False)
+    (raw / "train-labels-idx1-ubyte").unlink()
+    before = snapshot(tmp_path / "mydata")
+    with pytest.raises(DataError) as e:
+        MNISTDataModule(data_dir=str(tmp_path / "mydata")).prepare_data()
+    assert str(e.value) == (f"{raw}: holds 3 of the 4 MNIST files, missing train-labels-idx1-ubyte[.gz]; "
+                            "add it, or give another --data.data_dir (nothing was read or written)")
+    assert snapshot(tmp_path / "mydata") == before
+
+
+def test_the_users_own_small_folder_is_used_as_it_is(tmp_path: Path):
+    raw = write_idx_folder(tmp_path / "mydata" / "MNIST" / "raw", train=100, test=50, gz=False)
+    before = snapshot(tmp_path / "mydata")
+    dm = MNISTDataModule(data_dir=str(tmp_path / "mydata"), download=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert sum(len(y) for _, y in dm.train_dataloader()) == 100 and len(dm.test_set()[1]) == 50
+    assert dm.source == raw and snapshot(tmp_path / "mydata") == before
+
+
+def test_gz_files_beside_the_users_own_copies_are_read_and_neither_is_rewritten(tmp_path: Path):
+    raw = write_idx_folder(tmp_path / "mydata" / "MNIST" / "raw")
+    write_idx_folder(raw, gz=False)  # the user's own uncompressed copies, beside the .gz files
+
+    def test_labels() -> torch.Tensor:
+        dm = MNISTDataModule(data_dir=str(tmp_path / "mydata"), download=False)
+        dm.prepare_data()
+        dm.setup("test")
+        return dm.test_set()[1]
+
+    first = test_labels()
+    _, labels = synthetic_split(TEST, 9)
+    packed = raw / "t10k-labels-idx1-ubyte.gz"
+    packed.write_bytes(gzip.compress(idx_bytes(labels, 0x801)))
+    os.utime(packed, ns=(1, 1))  # even an older time (cp -p, tar): different from the copy's is enough
+    before = snapshot(tmp_path / "mydata")
+    again = test_labels()
+    assert not torch.equal(first, again) and torch.equal(again, torch.from_numpy(labels).long()), "a stale copy was read"
+    assert snapshot(tmp_path / "mydata") == before
+
+
+# ---------------------------------------------------------------- torchvision's copies, in mnist_lit's cache
+
+
+def test_copies_live_in_the_cache_made_once_and_again_when_the_source_changes(tmp_path: Path):
     source = write_idx_folder(tmp_path / "elsewhere")  # .gz files, as shipped and as Debian installs them
-    data.prepare_raw("fashion_mnist", source, tmp_path / "root")
-    raw = tmp_path / "root" / "FashionMNIST" / "raw"  # torchvision's layout for its FashionMNIST class
+    root = data.prepare_raw("fashion_mnist", source)
+    assert root.parent == data.cache_root() == Path(os.environ["MNIST_LIT_CACHE"])
+    raw = root / "FashionMNIST" / "raw"  # torchvision's layout for its FashionMNIST class
     assert sorted(p.name for p in raw.iterdir()) == sorted(SHIPPED_MD5)  # no temporary names left
     stamp = {p.name: p.stat().st_mtime_ns for p in raw.iterdir()}
-    data.prepare_raw("fashion_mnist", source, tmp_path / "root")
+    assert data.prepare_raw("fashion_mnist", source) == root
     assert {p.name: p.stat().st_mtime_ns for p in raw.iterdir()} == stamp, "copied again with nothing changed"
     _, labels = synthetic_split(TEST, 7)
     (source / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels, 0x801)))
-    assert torch.equal(load_split(source, "test", "fashion_mnist", tmp_path / "root")[1],
-                       torch.from_numpy(labels).long()), "a stale copy was read"
+    assert torch.equal(load_split(source, "test", "fashion_mnist")[1], torch.from_numpy(labels).long()), \
+        "a stale copy was read"
+
+
+def test_plain_files_are_linked_not_copied_and_two_sources_never_share_copies(tmp_path: Path):
+    a = write_idx_folder(tmp_path / "a", gz=False)
+    b = write_idx_folder(tmp_path / "b", test=TEST + 10)
+    root_a, root_b = data.prepare_raw("mnist", a), data.prepare_raw("mnist", b)
+    assert root_a != root_b
+    link = root_a / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    assert link.is_symlink() and link.resolve() == (a / "t10k-images-idx3-ubyte").resolve()
+    assert len(load_split(a, "test")[1]) == TEST and len(load_split(b, "test")[1]) == TEST + 10
 
 
 def test_a_damaged_file_names_the_users_file_and_leaves_no_copy(tmp_path: Path):
@@ -172,20 +266,22 @@ def test_a_damaged_file_names_the_users_file_and_leaves_no_copy(tmp_path: Path):
     good = path.read_bytes()
     path.write_bytes(gzip.compress(gzip.decompress(good)[:-50]))  # a valid gzip of a cut IDX file
     with pytest.raises(DataError, match="truncated") as e:
-        load_split(source, "train", "mnist", tmp_path / "root")
+        load_split(source, "train", "mnist")
     assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
-    assert not (tmp_path / "root" / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
+    assert not (data.torchvision_root(source) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
     path.write_bytes(good)
-    assert load_split(source, "train", "mnist", tmp_path / "root")[0].shape == (TRAIN, 1, 28, 28)
+    assert load_split(source, "train", "mnist")[0].shape == (TRAIN, 1, 28, 28)
 
 
-def test_a_data_folder_that_cannot_hold_the_copies_is_one_line(tmp_path: Path):
+def test_a_cache_that_cannot_hold_the_copies_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     source = write_idx_folder(tmp_path / "elsewhere")
     (tmp_path / "a-file").write_text("not a folder")  # fails for root too, unlike a read-only folder
+    monkeypatch.setenv("MNIST_LIT_CACHE", str(tmp_path / "a-file"))
     with pytest.raises(DataError, match="cannot write the uncompressed copy torchvision reads") as e:
-        data.prepare_raw("mnist", source, tmp_path / "a-file")
-    assert str(e.value).startswith(str(tmp_path / "a-file" / "MNIST" / "raw"))
-    assert "\n" not in str(e.value) and "another data folder" in str(e.value)
+        data.prepare_raw("mnist", source)
+    assert str(e.value).startswith(str(tmp_path / "a-file"))
+    assert "\n" not in str(e.value) and "MNIST_LIT_CACHE" in str(e.value)
+    assert sorted(p.name for p in source.iterdir()) == sorted(f"{n}.gz" for n in data.FILES)
 
 
 def test_class_names_come_from_torchvision():
@@ -197,31 +293,12 @@ def test_class_names_come_from_torchvision():
     assert data.DATASETS["mnist"].classes == tuple("0123456789")  # torchvision's "7 - seven", as Keras prints it
 
 
-def test_a_replaced_gz_in_the_data_folder_is_read_again(tmp_path: Path):
-    """The copies torchvision reads sit beside the .gz files in the data folder: a new .gz must win."""
-    raw = write_idx_folder(tmp_path / "data" / "MNIST" / "raw")
-
-    def test_labels() -> torch.Tensor:
-        dm = MNISTDataModule(data_dir=str(tmp_path / "data"), download=False)
-        dm.prepare_data()
-        dm.setup("test")
-        return dm.test_set()[1]
-
-    first = test_labels()
-    assert (raw / "t10k-labels-idx1-ubyte").is_file()  # the copy, beside its .gz
-    _, labels = synthetic_split(TEST, 9)
-    packed = raw / "t10k-labels-idx1-ubyte.gz"
-    packed.write_bytes(gzip.compress(idx_bytes(labels, 0x801)))
-    os.utime(packed, ns=(1, 1))  # even an older time (cp -p, tar): different from the copy's is enough
-    again = test_labels()
-    assert not torch.equal(first, again) and torch.equal(again, torch.from_numpy(labels).long())
-
-
-def test_an_old_torchvision_cache_is_refused_in_one_line(data_root: Path):
+def test_an_old_torchvision_cache_in_the_data_folder_is_not_read(data_root: Path):
+    """torchvision reads processed/*.pt in place of the IDX files when its root holds them; its root is
+    mnist_lit's cache, never the data folder."""
     (data_root / "MNIST" / "processed").mkdir()
-    with pytest.raises(DataError, match="old torchvision cache") as e:
-        load_split(data_root / "MNIST" / "raw", "test", "mnist", data_root)
-    assert "\n" not in str(e.value)
+    torch.save((torch.zeros(3, 28, 28, dtype=torch.uint8), torch.zeros(3)), data_root / "MNIST" / "processed" / "test.pt")
+    assert len(load_split(data_root / "MNIST" / "raw", "test", "mnist")[1]) == TEST
 
 
 # ---------------------------------------------------------------- batches

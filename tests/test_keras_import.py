@@ -75,7 +75,7 @@ def test_without_test_data_it_still_imports_and_says_so(tmp_path: Path, capsys, 
     from mnist_lit import data
 
     # whatever this machine has installed (Debian's dataset-fashion-mnist), there is no copy to find
-    monkeypatch.setitem(data.DATASETS, "fashion_mnist", replace(data.DATASETS["fashion_mnist"], system_dirs=()))
+    monkeypatch.setitem(data.DATASETS, "fashion_mnist", replace(data.DATASETS["fashion_mnist"], system=()))
     out = tmp_path / "out"
     assert run("import-keras", str(KERAS / "softmax_regression.keras"), "--output", str(out),
                "--data_dir", str(tmp_path / "nothing"), "--dataset", "fashion_mnist") == 0

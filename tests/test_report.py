@@ -99,7 +99,7 @@ def test_report_never_downloads(data_root: Path, tmp_path: Path, capsys, monkeyp
     assert fit("dense512", data_root, out, "--trainer.max_epochs", "1") == 0
     empty = tmp_path / "nothing"
     empty.mkdir()
-    monkeypatch.setattr(data, "candidate_dirs", lambda dataset, data_dir: [Path(data_dir)])  # no test images
+    monkeypatch.setattr(data, "fallbacks", lambda dataset: [])  # no test images anywhere
     monkeypatch.setattr(data, "download", lambda *a, **k: pytest.fail("report went to the network"))
     capsys.readouterr()
     assert run("report", str(out), "--data_dir", str(empty)) == 0

@@ -1,6 +1,8 @@
 """fashion_mlp's test accuracy over several seeds, with Keras' Adam (what mnist_lit uses) and torch's own.
 
-Run by hand, not in the tests:  python benchmarks/adam_seeds.py [--seeds 0 1 2 3] [--config fashion_mlp]
+Run by hand from the repository root, not in the tests:
+
+    python -m benchmarks.adam_seeds [--seeds 0 1 2 3] [--config fashion_mlp]
 
 Each run is `python -m mnist_lit fit --config <config> --seed_everything N --data.seed N` in its own
 process; for "torch" the process first swaps mnist_lit's KerasAdam for `torch.optim.Adam`, so nothing
@@ -15,15 +17,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from suite import run_fit  # benchmarks/ is this script's own folder
+from benchmarks.fits import run_fit
 
-REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("keras", "torch")
 
 
 def one_run(variant: str, config: str, seed: int, out: str) -> int:
     """The child process: one fit, with torch's Adam patched in for the "torch" variant."""
-    sys.path.insert(0, str(REPO))
     import torch
 
     import mnist_lit.models.base as base
@@ -50,7 +50,8 @@ def main() -> None:
         for seed in args.seeds:
             for variant in VARIANTS:
                 out = Path(tmp) / f"{variant}_{seed}"
-                cmd = [sys.executable, __file__, "--config", args.config, "--one", variant, str(seed), str(out)]
+                cmd = [sys.executable, "-m", __spec__.name,  # this module again, as `python -m` ran it
+                       "--config", args.config, "--one", variant, str(seed), str(out)]
                 acc[variant].append(run_fit(cmd, out)[0]["test_acc"])
             print(f"| {seed} | {' | '.join(f'{acc[v][-1]:.4f}' for v in VARIANTS)} |", flush=True)
     for v in VARIANTS:

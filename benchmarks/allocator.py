@@ -1,6 +1,8 @@
 """glibc's allocator tuned (mnist_lit's default) against left as it is: seconds per epoch and peak memory.
 
-Run by hand, not in the tests:  python benchmarks/allocator.py [--configs cnn dense512] [--rounds 2] [-- fit flags]
+Run by hand from the repository root, not in the tests:
+
+    python -m benchmarks.allocator [--configs cnn dense512] [--rounds 2] [-- fit flags]
 
 For each config it alternates, `--rounds` times, `python -m mnist_lit fit --config <name>` as shipped
 (mnist_lit/memory.py raises glibc's mmap and trim thresholds) with the same command under
@@ -19,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from suite import CONFIGS, run_fit  # benchmarks/ is this script's own folder
+from benchmarks.fits import CONFIGS, run_fit
 
 
 def fit_once(config: str, flags: list[str], tuned: bool, out: Path) -> tuple[float, float, float]:

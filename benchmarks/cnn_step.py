@@ -6,16 +6,12 @@ Import it after `mnist_lit.memory.tune()`, as `python -m mnist_lit` tunes the al
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from mnist_lit.models import TUTORIALS  # noqa: E402
+from mnist_lit.models import TUTORIALS
 
 
 def cnn_step(bf16: bool = False, batch: int = 128) -> Callable[[], None]:

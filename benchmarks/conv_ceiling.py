@@ -1,6 +1,8 @@
 """How close the cnn's convolutions already run to this CPU's ceiling: the floor under a cnn step.
 
-Run by hand, not in the tests:  python benchmarks/conv_ceiling.py [--repeats 30]
+Run by hand from the repository root, not in the tests:
+
+    python -m benchmarks.conv_ceiling [--repeats 30]
 
 For float32, and for bfloat16 where the CPU has it, it times:
 - a large matrix product (2048 x 2048 x 2048), for the rate this machine's arithmetic reaches;
@@ -16,13 +18,9 @@ the step says how much of the step any change outside oneDNN's kernels can still
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from mnist_lit import memory  # noqa: E402
+from mnist_lit import memory
 
 memory.tune()  # as python -m mnist_lit does
 
@@ -30,7 +28,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from cnn_step import cnn_step  # noqa: E402  (benchmarks/ is this script's own folder)
+from benchmarks.cnn_step import cnn_step  # noqa: E402
 from mnist_lit.models import TUTORIALS  # noqa: E402
 
 BATCH = 128

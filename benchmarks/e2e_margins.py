@@ -1,6 +1,6 @@
 """What tests/test_e2e.py measures, over several seeds, to set its floors with a margin.
 
-    python benchmarks/e2e_margins.py [--seeds 0 1 2 3 4]
+    python -m benchmarks.e2e_margins [--seeds 0 1 2 3 4]     # from the repository root, for tests.photos
 
 For each seed (`--seed_everything`, which also seeds the data order) it runs the e2e tests' trainings on
 the shipped MNIST (and Fashion-MNIST when installed) and the digit-photo check on the 2-epoch cnn, with
@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks import REPO
 
 RUNS = {  # column -> (config, extra arguments), as tests/test_e2e.py trains them
     "dense512 5 ep": ("dense512", []),

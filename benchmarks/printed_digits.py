@@ -1,6 +1,6 @@
 """How a trained digit model does on printed (typed) digits, with mnist_lit's framing and the tutorial's.
 
-    python benchmarks/printed_digits.py checkpoints/cnn/model.pt [--per-digit 5]
+    python -m benchmarks.printed_digits checkpoints/cnn/model.pt [--per-digit 5]     # from the repository root
 
 Renders each digit in the DejaVu fonts that matplotlib ships (no download), dark on light paper of
 random size and shade, wholly inside the frame at a random place and size, and prints the accuracy of
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,9 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from mnist_lit import classify  # noqa: E402
+from mnist_lit import classify
 
 FONTS = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf"]
 

@@ -1,6 +1,8 @@
 """Where a training step's time goes: torch.profiler over a tutorial's steps, per op and per phase.
 
-Run by hand, not in the tests:  python benchmarks/profile_step.py [--tutorial cnn] [--steps 40] [--bf16]
+Run by hand from the repository root, not in the tests:
+
+    python -m benchmarks.profile_step [--tutorial cnn] [--steps 40] [--bf16]
 
 A bare loop over random batches with the tutorial's network, loss and Keras optimizer, on the CPU, with
 the memory format `fit` uses there (channels-last for the cnn) and glibc's allocator tuned as
@@ -13,12 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from mnist_lit import memory  # noqa: E402
+from mnist_lit import memory
 
 memory.tune()  # before the first large tensor, as python -m mnist_lit does
 

@@ -1,7 +1,7 @@
 """Load on `python -m mnist_lit serve`: C concurrent clients on localhost posting real MNIST test digits.
 
-    python benchmarks/serve_load.py [--model checkpoints/cnn/model.pt] [--clients 1 8 32]
-                                    [--requests 3000] [--seconds 10]
+    python -m benchmarks.serve_load [--model checkpoints/cnn/model.pt] [--clients 1 8 32]
+                                    [--requests 3000] [--seconds 10]      # from the repository root
 
 For batching on (the server's default) and off (--max-batch-size 1) it starts the server, waits for
 /health, then for each C runs C keep-alive connections, each posting one PNG at a time, until `--requests`
@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks import REPO
 
 
 def digits(count: int) -> list[tuple[bytes, int]]:

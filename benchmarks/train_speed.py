@@ -1,7 +1,9 @@
 """Seconds per epoch: mnist_lit (the CLI's own classes and callbacks) against a plain PyTorch loop.
 
-Run by hand, not in the tests:  python benchmarks/train_speed.py [--configs cnn tiny_mlp] [--rounds 2]
-                                [-- any mnist_lit fit flags, e.g. --model.init_args.channels_last false]
+Run by hand from the repository root, not in the tests:
+
+    python -m benchmarks.train_speed [--configs cnn tiny_mlp] [--rounds 2]
+                                     [-- any mnist_lit fit flags, e.g. --model.init_args.channels_last false]
 
 For each config, in one process, it alternates a `fit` built by the CLI (progress line, checkpointing
 and CSV logger on, as a user gets them) with a plain loop over the same data tensors, network, optimizer
@@ -34,13 +36,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
+from benchmarks.fits import CONFIGS, run_fit  # noqa: E402
 from mnist_lit.cli import MnistCLI, quiet_lightning, resolve_config  # noqa: E402
-from suite import run_fit  # noqa: E402  (benchmarks/ is this script's own folder)
-
-CONFIGS = ["dense512", "cnn", "tiny_mlp", "fashion_mlp", "softmax_regression"]
 
 
 class EpochClock(Callback):

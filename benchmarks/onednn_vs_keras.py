@@ -1,7 +1,9 @@
 """The cnn's training step in torch and in Keras, op by op, where both call the same oneDNN kernels.
 
     pip install -e '.[keras-bench]'        # tensorflow-cpu, for this script only
-    python benchmarks/onednn_vs_keras.py [--keras-python PYTHON] [--steps 160] [--bf16]
+    python -m benchmarks.onednn_vs_keras [--keras-python PYTHON] [--steps 160] [--bf16]
+
+Run it from the repository root: both sides' processes import this package from there.
 
 TensorFlow on x86 runs the cnn's convolutions, pooling and dense layers through oneDNN, as torch runs its
 convolutions. Each side runs in a process of its own, twice: once quietly, for its milliseconds per step,
@@ -25,49 +27,46 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks import REPO
 
-KERAS = r'''
-import sys, time
-import numpy as np
-import keras
-import tensorflow as tf
-from keras import layers
 
-steps, policy, inter_op = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-if inter_op:
-    tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-keras.mixed_precision.set_global_policy(policy)
-keras.utils.set_random_seed(0)
-x = np.random.rand(128 * steps, 28, 28, 1).astype("float32")
-y = np.random.randint(0, 10, 128 * steps)
-model = keras.Sequential([keras.Input((28, 28, 1)),
-    layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2),
-    layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
-    layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
-    layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(500, activation="relu"),
-    layers.Dense(10, activation="softmax", dtype="float32")])
-model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy")
-starts, ends = [], []
-timer = keras.callbacks.LambdaCallback(on_epoch_begin=lambda *_: starts.append(time.perf_counter()),
-                                       on_epoch_end=lambda *_: ends.append(time.perf_counter()))
-model.fit(x, y, batch_size=128, epochs=3, verbose=0, callbacks=[timer])  # the first epoch is warm-up
-print("STEP_MS", min(e - s for s, e in list(zip(starts, ends))[1:]) / steps * 1e3, file=sys.stderr)
-'''
+def keras_child(steps: int, bf16: bool, inter_op: int) -> None:
+    """Keras' side, in a process of its own under `--keras-python`: `model.fit` of the tutorial's cnn on
+    random batches, three epochs of `steps` steps, the first one warm-up."""
+    import time
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks import keras_recipes
+
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
+    keras.utils.set_random_seed(0)
+    x = np.random.rand(128 * steps, 28, 28, 1).astype("float32")
+    y = np.random.randint(0, 10, 128 * steps)
+    model = keras_recipes.model("cnn")
+    model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy")  # no metric: the step alone
+    starts, ends = [], []
+    timer = keras.callbacks.LambdaCallback(on_epoch_begin=lambda *_: starts.append(time.perf_counter()),
+                                           on_epoch_end=lambda *_: ends.append(time.perf_counter()))
+    model.fit(x, y, batch_size=128, epochs=3, verbose=0, callbacks=[timer])  # the first epoch is warm-up
+    print("STEP_MS", min(e - s for s, e in list(zip(starts, ends))[1:]) / steps * 1e3, file=sys.stderr)
 
 
 def torch_child(steps: int, bf16: bool) -> None:
     """The bare torch loop, run as a child process of this script."""
     import time
 
-    sys.path.insert(0, str(REPO))
     from mnist_lit import memory
 
     memory.tune()
     import torch
-    from cnn_step import cnn_step  # benchmarks/ is this script's own folder
+
+    from benchmarks.cnn_step import cnn_step
 
     torch.manual_seed(0)
     step = cnn_step(bf16)
@@ -84,7 +83,7 @@ def run(command: list[str], verbose: bool) -> tuple[float, str]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     if verbose:
         env["ONEDNN_VERBOSE"] = "1"
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
     found = re.search(r"STEP_MS ([0-9.]+)", done.stderr)
     if done.returncode or not found:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -111,13 +110,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=160)
     parser.add_argument("--bf16", action="store_true",
                         help="torch under bf16 autocast, Keras under its mixed_bfloat16 policy")
-    parser.add_argument("--child", choices=["torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["torch", "keras"], help=argparse.SUPPRESS)
+    parser.add_argument("--inter-op", type=int, default=0, help=argparse.SUPPRESS)  # Keras' child; 0: its default
     args = parser.parse_args()
-    if args.child:
+    if args.child == "torch":
         return torch_child(args.steps, args.bf16)
-    policy = "mixed_bfloat16" if args.bf16 else "float32"
-    ours = [sys.executable, __file__, "--child", "torch", "--steps", str(args.steps)] + ["--bf16"] * args.bf16
-    keras = [args.keras_python, "-c", KERAS, str(args.steps), policy]
+    if args.child == "keras":
+        return keras_child(args.steps, args.bf16, args.inter_op)
+    # this module again, in each side's Python, from the repository root (run's cwd)
+    child = ["-m", __spec__.name, "--steps", str(args.steps)] + ["--bf16"] * args.bf16
+    ours = [sys.executable, *child, "--child", "torch"]
+    keras = [args.keras_python, *child, "--child", "keras", "--inter-op"]
     torch_ms, _ = run(ours, verbose=False)
     keras_ms, _ = run(keras + ["0"], verbose=False)
     keras_one_ms, _ = run(keras + ["1"], verbose=False)

@@ -1,13 +1,15 @@
 """Keras against mnist_lit, side by side: each tutorial's Keras recipe, then `python -m mnist_lit fit`.
 
     pip install -e '.[keras-bench]'        # tensorflow-cpu: for this script only, never a dependency
-    python benchmarks/vs_keras.py [--tutorials cnn dense512 ...] [--rounds 2] [--keras-python PYTHON] [--bf16]
+    python -m benchmarks.vs_keras [--tutorials cnn dense512 ...] [--rounds 2] [--keras-python PYTHON] [--bf16]
+
+Run it from the repository root: the Keras process imports benchmarks/keras_recipes.py from there.
 
 Per round and tutorial, Keras first, then mnist_lit, each in a process of its own on the same data (the
 MNIST / Fashion-MNIST files mnist_lit finds). Training seconds: Keras' `model.fit` call; mnist_lit's
 per-epoch seconds from metrics.json (the same span: the epochs, without start-up, data loading and the
-test). Test accuracy: Keras' `evaluate` and mnist_lit's test_acc. The Keras models below are written from
-the tutorials' published recipes (layers, optimizer by name with Keras' defaults, epochs, batch size).
+test). Test accuracy: Keras' `evaluate` and mnist_lit's test_acc. The Keras models are written from the
+tutorials' published recipes, in benchmarks/keras_recipes.py.
 
 With --bf16, each tutorial runs twice more: Keras under its `mixed_bfloat16` policy and mnist_lit with
 `--trainer.precision bf16-mixed`. Run it on an otherwise idle machine: torch's and TensorFlow's thread
@@ -26,66 +28,41 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks import REPO
 
-KERAS = r'''
-import json, sys, time
-import numpy as np
-import keras
-from keras import layers
 
-name, data_file, policy = sys.argv[1], sys.argv[2], sys.argv[3]
-keras.mixed_precision.set_global_policy(policy)  # "float32", or "mixed_bfloat16" for --bf16
-out = dict(dtype="float32")  # the output layer stays float32 under a mixed policy, as Keras' guide advises
-d = np.load(data_file)
-x, y, xt, yt = d["x"] / 255.0, d["y"], d["xt"] / 255.0, d["yt"]
-keras.utils.set_random_seed(0)
-if name == "cnn":
-    x, xt = x[..., None], xt[..., None]
-    model = keras.Sequential([keras.Input((28, 28, 1)),
-        layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2),
-        layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
-        layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
-        layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(500, activation="relu"),
-        layers.Dense(10, activation="softmax", **out)])
-    recipe = dict(optimizer="rmsprop", epochs=10, batch_size=128)
-elif name == "dense512":
-    model = keras.Sequential([keras.Input((28, 28)), layers.Flatten(), layers.Dense(512, activation="relu"),
-                              layers.Dense(10, activation="softmax", **out)])
-    recipe = dict(optimizer="rmsprop", epochs=5, batch_size=128)
-elif name == "tiny_mlp":
-    model = keras.Sequential([keras.Input((28, 28)), layers.Flatten(), layers.Dense(16, activation="relu"),
-                              layers.Dense(16, activation="relu"), layers.Dropout(0.2),
-                              layers.Dense(10, activation="softmax", **out)])
-    recipe = dict(optimizer="adam", epochs=20, batch_size=32, validation_data=(xt, yt))
-elif name == "fashion_mlp":
-    model = keras.Sequential([keras.Input((28, 28)), layers.Flatten(), layers.Dense(128, activation="relu"),
-                              layers.Dense(10, **out)])
-    recipe = dict(optimizer="adam", epochs=10, batch_size=32)
-elif name == "softmax_regression":
-    model = keras.Sequential([keras.Input((28, 28)), layers.Flatten(),
-                              layers.Dense(10, activation="softmax", kernel_initializer="zeros", **out)])
-    recipe = dict(optimizer=keras.optimizers.SGD(0.001), batch_size=64)
-logits = name == "fashion_mlp"
-loss = keras.losses.SparseCategoricalCrossentropy(from_logits=logits,
-                                                  reduction="sum" if name == "softmax_regression" else "sum_over_batch_size")
-model.compile(optimizer=recipe.pop("optimizer"), loss=loss, metrics=["accuracy"])
-if name == "softmax_regression":  # 2000 steps of batch 64, as the TF1 tutorial
-    import tensorflow as tf
-    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(60000, seed=0).repeat().batch(64)
-    fit = lambda: model.fit(data, epochs=1, steps_per_epoch=2000, verbose=0)
-else:
-    fit = lambda: model.fit(x, y, verbose=0, **recipe)
-start = time.perf_counter()
-fit()
-seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "test_acc": float(model.evaluate(xt, yt, verbose=0)[1])}))
-'''
+def keras_child(name: str, data_file: str, policy: str) -> None:
+    """Keras' side, in a process of its own under `--keras-python`: the tutorial's recipe on the data
+    file, then one JSON line with the seconds of `model.fit` and the test accuracy."""
+    import time
+
+    import keras
+
+    from benchmarks import keras_recipes
+
+    keras.mixed_precision.set_global_policy(policy)  # "float32", or "mixed_bfloat16" for --bf16
+    d = np.load(data_file)
+    x, y, xt, yt = d["x"] / 255.0, d["y"], d["xt"] / 255.0, d["yt"]
+    keras.utils.set_random_seed(0)
+    if name == "cnn":
+        x, xt = x[..., None], xt[..., None]
+    model = keras_recipes.model(name)
+    recipe = keras_recipes.recipe(name, (xt, yt))
+    model.compile(optimizer=recipe.pop("optimizer"), loss=keras_recipes.loss(name), metrics=["accuracy"])
+    if name == "softmax_regression":  # 2000 steps of batch 64, as the TF1 tutorial
+        import tensorflow as tf
+        data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(60000, seed=0).repeat().batch(64)
+        fit = lambda: model.fit(data, epochs=1, steps_per_epoch=2000, verbose=0)  # noqa: E731
+    else:
+        fit = lambda: model.fit(x, y, verbose=0, **recipe)  # noqa: E731
+    start = time.perf_counter()
+    fit()
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "test_acc": float(model.evaluate(xt, yt, verbose=0)[1])}))
 
 
 def dataset_file(name: str, folder: Path) -> Path:
     """The tutorial's data set as mnist_lit finds it, in a .npz for the Keras process (which imports no torch)."""
-    sys.path.insert(0, str(REPO))
     from mnist_lit.data import load_split, locate
 
     dataset = "fashion_mnist" if name == "fashion_mlp" else "mnist"
@@ -98,8 +75,9 @@ def dataset_file(name: str, folder: Path) -> Path:
 
 
 def keras_run(python: str, name: str, data: Path, policy: str = "float32") -> dict:
-    done = subprocess.run([python, "-c", KERAS, name, str(data), policy], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    # this module again under the Keras Python, from the repository root so that it finds this package
+    done = subprocess.run([python, "-m", __spec__.name, "--keras-child", name, str(data), policy], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if done.returncode:
         raise SystemExit(f"vs_keras: Keras' {name} failed: {done.stderr.strip().splitlines()[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -124,7 +102,10 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="also Keras' mixed_bfloat16 policy and mnist_lit's --trainer.precision bf16-mixed; "
                              "every ratio is to Keras' float32 time of the same round")
+    parser.add_argument("--keras-child", nargs=3, metavar=("NAME", "DATA", "POLICY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.keras_child:
+        return keras_child(*args.keras_child)
     probe = subprocess.run([args.keras_python, "-c", "import keras, tensorflow"], capture_output=True)
     if probe.returncode:
         raise SystemExit(f"vs_keras: no TensorFlow for {args.keras_python}: pip install -e '.[keras-bench]' "

@@ -1,7 +1,9 @@
 """Load on `python -m mnist_lit serve`: C concurrent clients on localhost posting real MNIST test digits.
 
     python -m benchmarks.serve_load [--model checkpoints/cnn/model.pt] [--clients 1 8 32]
-                                    [--requests 3000] [--seconds 10]      # from the repository root
+                                    [--requests 3000] [--seconds 10]
+
+Run it from the repository root, as every benchmark (benchmarks/README.md).
 
 For batching on (the server's default) and off (--max-batch-size 1) it starts the server, waits for
 /health, then for each C runs C keep-alive connections, each posting one PNG at a time, until `--requests`

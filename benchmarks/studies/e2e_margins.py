@@ -1,6 +1,8 @@
 """What tests/test_e2e.py measures, over several seeds, to set its floors with a margin.
 
-    python -m benchmarks.e2e_margins [--seeds 0 1 2 3 4]     # from the repository root, for tests.photos
+    python -m benchmarks.studies.e2e_margins [--seeds 0 1 2 3 4]
+
+Run it from the repository root, where it imports the photo maker of the tests (tests/photos.py).
 
 For each seed (`--seed_everything`, which also seeds the data order) it runs the e2e tests' trainings on
 the shipped MNIST (and Fashion-MNIST when installed) and the digit-photo check on the 2-epoch cnn, with

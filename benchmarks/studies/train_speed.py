@@ -2,8 +2,8 @@
 
 Run by hand from the repository root, not in the tests:
 
-    python -m benchmarks.train_speed [--configs cnn tiny_mlp] [--rounds 2]
-                                     [-- any mnist_lit fit flags, e.g. --model.init_args.channels_last false]
+    python -m benchmarks.studies.train_speed [--configs cnn tiny_mlp] [--rounds 2]
+        [-- any mnist_lit fit flags, e.g. --model.init_args.channels_last false]
 
 For each config, in one process, it alternates a `fit` built by the CLI (progress line, checkpointing
 and CSV logger on, as a user gets them) with a plain loop over the same data tensors, network, optimizer

@@ -2,7 +2,7 @@
 
 Run by hand from the repository root, not in the tests:
 
-    python -m benchmarks.profile_step [--tutorial cnn] [--steps 40] [--bf16]
+    python -m benchmarks.studies.profile_step [--tutorial cnn] [--steps 40] [--bf16]
 
 A bare loop over random batches with the tutorial's network, loss and Keras optimizer, on the CPU, with
 the memory format `fit` uses there (channels-last for the cnn) and glibc's allocator tuned as

@@ -2,7 +2,7 @@
 
 Run by hand from the repository root, not in the tests:
 
-    python -m benchmarks.allocator [--configs cnn dense512] [--rounds 2] [-- fit flags]
+    python -m benchmarks.studies.allocator [--configs cnn dense512] [--rounds 2] [-- fit flags]
 
 For each config it alternates, `--rounds` times, `python -m mnist_lit fit --config <name>` as shipped
 (mnist_lit/memory.py raises glibc's mmap and trim thresholds) with the same command under

@@ -1,6 +1,6 @@
 """How a trained digit model does on printed (typed) digits, with mnist_lit's framing and the tutorial's.
 
-    python -m benchmarks.printed_digits checkpoints/cnn/model.pt [--per-digit 5]     # from the repository root
+    python -m benchmarks.studies.printed_digits checkpoints/cnn/model.pt [--per-digit 5]   # from the repo root
 
 Renders each digit in the DejaVu fonts that matplotlib ships (no download), dark on light paper of
 random size and shade, wholly inside the frame at a random place and size, and prints the accuracy of

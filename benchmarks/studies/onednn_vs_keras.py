@@ -1,7 +1,7 @@
 """The cnn's training step in torch and in Keras, op by op, where both call the same oneDNN kernels.
 
     pip install -e '.[keras-bench]'        # tensorflow-cpu, for this script only
-    python -m benchmarks.onednn_vs_keras [--keras-python PYTHON] [--steps 160] [--bf16]
+    python -m benchmarks.studies.onednn_vs_keras [--keras-python PYTHON] [--steps 160] [--bf16]
 
 Run it from the repository root: both sides' processes import this package from there.
 

@@ -21,6 +21,9 @@ steps run. Its contract, all of it:
   Lightning upgrade moves it.
 - Device settings: channels-last memory format on the CPU for networks with convolutions, the optional
   `torch.compile`, and no per-step NVML probe on machines with no CUDA device.
+- The network runs as `pool_before_relu(net)`: the same modules (so the same parameters, state_dict and
+  exports), with each ReLU that Keras puts before a MaxPool moved after it. `self.net` keeps Keras'
+  order.
 - A NaN or infinite training loss stops the fit on every rank with `TrainingDiverged`, checked once per
   Lightning batch so that no step waits on the host.
 - `steps_per_epoch(trainer)`: optimizer steps per epoch, as Keras counts them, for progress lines.
@@ -145,6 +148,28 @@ class StepGroups:
             yield group
 
 
+# ---------------------------------------------------------------- the network as it runs
+
+
+def pool_before_relu(net: nn.Module) -> nn.Module:
+    """`net` with every ReLU that comes right before a MaxPool2d moved after it, sharing the modules.
+
+    ReLU is monotonic, so it commutes with max: max-pooling first gives the same values and the same
+    gradients, and the ReLU then runs on a quarter of the values (for the cnn, a step takes less time:
+    docs/benchmarks.md#the-cnn-against-keras-what-was-tried). Networks that are not an `nn.Sequential`, or
+    have no such pair, are returned as they are.
+    """
+    if not isinstance(net, nn.Sequential):
+        return net
+    modules = list(net)
+    swapped = False
+    for i in range(len(modules) - 1):
+        if type(modules[i]) is nn.ReLU and type(modules[i + 1]) is nn.MaxPool2d:
+            modules[i], modules[i + 1] = modules[i + 1], modules[i]
+            swapped = True
+    return nn.Sequential(*modules) if swapped else net
+
+
 # ---------------------------------------------------------------- the module
 
 
@@ -188,14 +213,15 @@ class Engine(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         if stage == "fit":
             self._skip_nvml_probe(on_cpu)
-        if self.hparams.get("compile") and not hasattr(self, "_compiled"):
+        if not hasattr(self, "_running"):
             # kept outside the module tree: checkpoints and exports keep the plain network's names
-            object.__setattr__(self, "_compiled", torch.compile(self.net))
+            running = pool_before_relu(self.net)
+            object.__setattr__(self, "_running", torch.compile(running) if self.hparams.get("compile") else running)
 
     def _skip_nvml_probe(self, on_cpu: bool) -> None:
-        """With no CUDA device at all, each optimizer step of a CUDA build of torch re-probes NVML (about
-        70 us: a tenth of a softmax_regression step) because Lightning asked for NVML-based checks, which
-        only matter once CUDA can start. Drop the request for this fit; `teardown` puts it back."""
+        """With no CUDA device at all, each optimizer step of a CUDA build of torch re-probes NVML, a cost
+        the size of a small model's step (docs/benchmarks.md#speed), because Lightning asked for NVML-based
+        checks, which only matter once CUDA can start. Drop the request for this fit; `teardown` puts it back."""
         self._nvml_check = os.environ.get(NVML_CHECK)
         if on_cpu and self._nvml_check == "1" and torch.cuda.device_count() == 0:
             del os.environ[NVML_CHECK]
@@ -210,7 +236,7 @@ class Engine(L.LightningModule):
     def run_net(self, x: torch.Tensor) -> torch.Tensor:
         if self._channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return getattr(self, "_compiled", self.net)(x)
+        return getattr(self, "_running", self.net)(x)
 
     # ------------------------------------------------------------ steps
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnist_lit.engine import pool_before_relu
 from mnist_lit.models import TUTORIALS, CNN, SoftmaxRegression, TinyMLP, count_params
 from mnist_lit.optim import KerasAdam, KerasRMSprop
 
@@ -126,24 +127,33 @@ def test_rmsprop_takes_keras_steps_where_torch_rmsprop_does_not():
     assert np.abs(results["torch"] - expected).max() > 1e-3  # torch's own RMSprop is not Keras'
 
 
-def test_cnn_computes_keras_order_exactly():
-    """The cnn pools before its ReLUs (faster); outputs and gradients must be those of Keras' order."""
+def test_cnn_reads_as_keras_and_runs_pooled_first_with_the_same_numbers():
+    """The cnn file lists Keras' order (conv, ReLU, pool); the engine runs the pool first (faster), which
+    must give exactly Keras' outputs and gradients, through the same modules."""
     net = CNN().net
     kinds = [type(m).__name__ for m in net]
-    assert kinds == ["Conv2d", "MaxPool2d", "ReLU"] * 3 + ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert kinds == ["Conv2d", "ReLU", "MaxPool2d"] * 3 + ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
     assert [m.out_channels for m in net if isinstance(m, nn.Conv2d)] == [32, 64, 64]
-    keras = nn.Sequential(*[net[i] for i in (0, 2, 1, 3, 5, 4, 6, 8, 7)], *list(net)[9:])  # conv, ReLU, pool
+    running = pool_before_relu(net)
+    assert [type(m).__name__ for m in running][:9] == ["Conv2d", "MaxPool2d", "ReLU"] * 3
+    assert all(any(m is r for r in running) for m in net), "the same modules, so the same parameters"
     torch.manual_seed(0)
     x = torch.rand(16, 1, 28, 28)
     outputs, grads = [], []
-    for order in (net, keras):
-        order.zero_grad()
+    for order in (running, net):
+        net.zero_grad()
         out = order(x)
         out.square().sum().backward()
         outputs.append(out.detach())
-        grads.append([p.grad.clone() for p in order.parameters()])
+        grads.append([p.grad.clone() for p in net.parameters()])
     assert torch.equal(outputs[0], outputs[1])
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_networks_without_relu_before_pool_run_as_they_are():
+    for name in ("dense512", "tiny_mlp", "fashion_mlp", "softmax_regression"):
+        net = TUTORIALS[name]().net
+        assert pool_before_relu(net) is net
 
 
 def test_summed_loss_is_batch_size_times_mean():

@@ -1,13 +1,16 @@
-"""Callbacks the CLI adds to every run: a Keras-style epoch line and the per-epoch record of the run."""
+"""What a run shows and keeps: a Keras-style epoch line, the per-epoch record of the run, the interrupt line,
+and Lightning's messages that tell a user nothing, silenced."""
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +199,29 @@ class InterruptNotice(Callback):
         where = (f"Stopped by SIGTERM after epoch {trainer.current_epoch}" if isinstance(exception, SIGTERMException)
                  else f"\nInterrupted in epoch {trainer.current_epoch + 1}")
         print(f"{where}: {kept}; continue with: {again}", file=sys.stderr, flush=True)
+
+
+# Lightning messages that are expected in every run of this CLI and tell the user nothing
+QUIET_WARNINGS = (
+    r"Total length of `list` across ranks is zero",  # validation is off when data.val is "none"
+    r"Checkpoint directory .* exists and is not empty",  # a rerun replaces last.ckpt on purpose
+    r"The number of training batches .* is smaller than the logging interval",  # metrics are per epoch
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning 2.6 on torch >= 2.10
+    r'.*ckpt_path="last"\) is set, but there is no last checkpoint',  # before_fit says so in our words
+)
+
+
+def quiet_lightning() -> None:
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    no_ads = logging.Filter()
+    # the Tip advertises a service; the KeyboardInterrupt line is replaced by InterruptNotice's
+    # and "`Trainer.fit` stopped: `max_epochs=10` reached." repeats what the epoch lines showed
+    no_ads.filter = lambda record: not any(s in record.getMessage() for s in (
+        "litlogger", "Detected KeyboardInterrupt", "`Trainer.fit` stopped: `max_epochs=", "`Trainer.fit` stopped: `max_steps="))
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(no_ads)
+    # "[rank: 0] Received SIGTERM: 15": InterruptNotice says what happened and how to continue instead
+    sigterm = logging.Filter()
+    sigterm.filter = lambda record: "Received SIGTERM" not in record.getMessage()
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(sigterm)

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mnist_lit.errors import UserError
+from mnist_lit.model_files import Predict, load_model
 
 MAX_PIXELS = 50_000_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -132,60 +132,6 @@ def to_fashion(gray: np.ndarray) -> torch.Tensor:
     return _paste(patch, (28 - patch.shape[0]) // 2, (28 - patch.shape[1]) // 2)
 
 
-# ---------------------------------------------------------------- models
-
-
-def load_model(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
-    """Any of the four model files as `images (N x 1 x 28 x 28) -> probabilities (N x 10)`, with its metadata."""
-    from mnist_lit import export
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such model file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".ckpt":
-            net, meta = export.load_checkpoint_model(path)
-            model = export.Probabilities(net).eval()
-            return _no_grad(model), export.metadata(meta)
-        files = {export.META_NAME: ""}
-        if suffix == ".pt":
-            with export.quiet_torchscript():
-                model = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
-        elif suffix == ".pt2":
-            export_log = logging.getLogger("torch.export")
-            level = export_log.level
-            export_log.setLevel(logging.ERROR)  # a broken file is reported below in one line, not a logged traceback
-            try:
-                model = torch.export.load(str(path), extra_files=files).module()
-            finally:
-                export_log.setLevel(level)
-        elif suffix == ".onnx":
-            import onnxruntime
-
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            name = session.get_inputs()[0].name
-            files[export.META_NAME] = session.get_modelmeta().custom_metadata_map.get(export.META_NAME, "")
-            model = lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])  # noqa: E731
-        else:
-            raise UserError(f"{path}: not a model file this reads (.ckpt, .pt, .pt2 or .onnx)")
-        meta = json.loads(files[export.META_NAME]) if files[export.META_NAME] else {}
-    except UserError:
-        raise
-    except Exception as e:
-        raise UserError(f"{path}: cannot load the model ({e.__class__.__name__}: {str(e).strip()[:120]})") from None
-    if len(meta.get("classes", [])) != 10:
-        raise UserError(f"{path}: no mnist_lit metadata (class names) inside; export it with python -m mnist_lit export")
-    return _no_grad(model), meta
-
-
-def _no_grad(model):
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(x)
-    return run
-
-
 # ---------------------------------------------------------------- command
 
 
@@ -213,7 +159,7 @@ def answer(meta: dict[str, Any], probs: torch.Tensor) -> dict[str, Any]:
             "probabilities": [round(float(p), 6) for p in probs]}
 
 
-def classify(model, meta: dict[str, Any], path: Path, save_dir: Path | None = None) -> dict[str, Any]:
+def classify(model: Predict, meta: dict[str, Any], path: Path, save_dir: Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise ImageError("no such file")
     if path.stat().st_size == 0:

@@ -3,8 +3,8 @@
 By default glibc serves every allocation over a threshold (128 KiB at first, raised as large blocks are
 freed, up to 32 MiB) with its own mmap, and gives it back to the system when it is freed; it also trims
 the heap's top whenever more than 128 KiB is free there. A cnn step allocates and frees activations and
-gradients of several MiB each, so every step maps fresh pages and takes a page fault on each first touch:
-about half of a cnn step's time on the CPU (see README, Speed). With the thresholds raised to 32 MiB
+gradients of several MiB each, so every step maps fresh pages and takes a page fault on each first touch,
+a large share of a cnn step's time on the CPU (docs/benchmarks.md#speed). With the thresholds raised to 32 MiB
 (mmap) and 256 MiB (trim) the freed blocks stay in the heap and the next step reuses them.
 
 `python -m mnist_lit` calls `tune()` first thing. Opt out with `MNIST_LIT_MALLOC=system`; settings of

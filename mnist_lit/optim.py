@@ -5,8 +5,9 @@ RMSprop: Keras puts epsilon inside the square root, torch outside it:
     Keras:  v = rho * v + (1 - rho) * g^2;   p -= lr * g / sqrt(v + eps)
     torch:  v = rho * v + (1 - rho) * g^2;   p -= lr * g / (sqrt(v) + eps)
 
-With eps = 1e-7 the first step differs by about 3e-3 on a weight whose gradient is small: Keras divides by
-at least sqrt(1e-7) = 3.2e-4, torch by at least 1e-7. `KerasRMSprop` computes Keras' update.
+With eps = 1e-7 the two differ most on a weight whose gradient is small: Keras divides by at least
+sqrt(1e-7) = 3.2e-4, torch by at least 1e-7 (how far apart their weights end up:
+docs/benchmarks.md#parity-with-keras). `KerasRMSprop` computes Keras' update.
 
 Adam differs in where epsilon goes relative to the bias correction:
 

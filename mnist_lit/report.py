@@ -18,6 +18,7 @@ from torch import nn
 
 from mnist_lit import atomic
 from mnist_lit.errors import UserError
+from mnist_lit.model_files import Probabilities, checkpoint_model, read_checkpoint
 
 
 # ---------------------------------------------------------------- model.summary()
@@ -51,6 +52,12 @@ def keras_summary(net: nn.Module, name: str, input_shape: tuple[int, ...] = (1, 
 
 
 # ---------------------------------------------------------------- figures
+
+
+def per_class_accuracy(matrix: torch.Tensor | list[list[int]]) -> list[float]:
+    """Each true class's share of right answers (recall), from a confusion matrix whose rows are true classes."""
+    cm = torch.as_tensor(matrix, dtype=torch.float64)
+    return (cm.diag() / cm.sum(1).clamp(min=1)).tolist()
 
 
 def _pyplot():
@@ -92,7 +99,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, accu
     """Counts of true class (rows) against predicted class (columns), per-class recall on the left."""
     plt = _pyplot()
     cm = torch.tensor(matrix, dtype=torch.float64)
-    recall = (cm.diag() / cm.sum(1).clamp(min=1)).tolist()
+    recall = per_class_accuracy(cm)
     fig, ax = plt.subplots(figsize=(8.5, 7.5), constrained_layout=True)
     image = ax.imshow((cm / cm.sum(1, keepdim=True).clamp(min=1)).numpy(), cmap="Blues", vmin=0, vmax=1)
     n = len(classes)
@@ -143,8 +150,8 @@ def _save(fig, path: Path) -> None:
 @torch.no_grad()
 def predict_probs(net: nn.Module, images: torch.Tensor, batch: int = 2000) -> torch.Tensor:
     """Class probabilities of uint8 images (N x 1 x 28 x 28), as Keras' `predict` on images / 255."""
-    net.eval()
-    return torch.cat([net(images[i:i + batch].float() / 255).softmax(1) for i in range(0, len(images), batch)])
+    model = Probabilities(net).eval()
+    return torch.cat([model(images[i:i + batch].float() / 255) for i in range(0, len(images), batch)])
 
 
 def worst_mistakes(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, k: int = 24):
@@ -166,8 +173,6 @@ def run_record(folder: Path) -> dict[str, Any]:
         except json.JSONDecodeError as e:
             raise UserError(f"{metrics_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if last.is_file():
-        from mnist_lit.models.base import read_checkpoint
-
         checkpoint = read_checkpoint(last)
         history = checkpoint.get("callbacks", {}).get("RunRecorder", {}).get("history")
         if history:
@@ -198,8 +203,7 @@ def write_report(folder: Path, model: nn.Module | None = None, images: torch.Ten
 
 def main(argv: list[str]) -> int:
     """`python -m mnist_lit report FOLDER`: redraw the figures of a run from its logged files."""
-    from mnist_lit.data import load_split, locate
-    from mnist_lit.export import load_checkpoint_model
+    from mnist_lit.data import load_split, locate  # (Lightning with it: not needed for --help)
 
     parser = argparse.ArgumentParser(prog="python -m mnist_lit report", description=main.__doc__.split(": ", 1)[1])
     parser.add_argument("folder", type=Path, help="a run's output folder, e.g. checkpoints/cnn")
@@ -211,7 +215,7 @@ def main(argv: list[str]) -> int:
     net = images = labels = None
     model = next((folder / name for name in ("model.ckpt", "last.ckpt") if (folder / name).is_file()), None)
     if model is not None:  # the tested model, or for an interrupted run its last finished epoch
-        net, meta = load_checkpoint_model(model)
+        net, meta = checkpoint_model(model)
         try:  # the files at hand only: report never downloads
             source = locate(meta["dataset"], args.data_dir, allow_download=False, say=print)
             images, labels = load_split(source, "test", meta["dataset"])

@@ -34,6 +34,7 @@ import torch
 
 from mnist_lit import classify
 from mnist_lit.errors import UserError
+from mnist_lit.model_files import load_model
 
 MAX_BODY = 10 * 1024 * 1024  # bytes in one request; larger ones are answered 413 before they are read
 TOO_BIG = f"request body over {MAX_BODY // (1024 * 1024)} MB"
@@ -72,7 +73,7 @@ class DigitAPI(ls.LitAPI if ls else object):
 
     def setup(self, device: str) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; the server stops this one
-        self.model, self.meta = classify.load_model(self.model_path)
+        self.model, self.meta = load_model(self.model_path)
         torch.set_num_threads(1)  # many small requests: one thread each worker, the HTTP side keeps a core
         # every batch size twice before the first request: TorchScript profiles a new input shape on its
         # first call and optimises for it on the second, work that should not land on a request
@@ -244,7 +245,7 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     if MISSING:
         raise UserError(f"serving needs LitServe ({MISSING} is not installed): pip install 'mnist-lit[serve]'")
-    _, meta = classify.load_model(args.model)  # a bad model file: one line, before any server starts
+    _, meta = load_model(args.model)  # a bad model file: one line, before any server starts
     port_free(args.host, args.port)
     server = build(args.model, meta, args.max_batch_size, args.batch_timeout, args.workers)
     local = "127.0.0.1" if args.host == "0.0.0.0" else "[::1]" if args.host == "::" else args.host
@@ -254,7 +255,7 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=say_when_ready, args=(f"http://{local}:{args.port}/health",), daemon=True).start()
     stop_on_signals()
     # the objects of torch and the web stack, imported by now, are never garbage: a full collection in the
-    # HTTP process would otherwise scan them all, a stall of about 0.15 s on every request under way then
+    # HTTP process would otherwise scan them all, stalling every request under way (docs/benchmarks.md#serving)
     gc.freeze()
     try:
         server.run(host=args.host, port=args.port, log_level="warning", generate_client_file=False,

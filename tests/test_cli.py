@@ -15,7 +15,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from mnist_lit import export
+from mnist_lit import model_files
 from mnist_lit.__main__ import main
 from mnist_lit.data import load_split
 from mnist_lit.cli import MnistCLI, quiet_lightning, resolve_config, resolve_config_args
@@ -172,7 +172,7 @@ def predicted_rows(data_root: Path, tmp_path: Path) -> list[str]:
     right = sum(r.split(",")[1] == r.split(",")[2] for r in rows[1:]) / TEST
     assert abs(right - json.loads((tmp_path / "metrics.json").read_text())["test_acc"]) < 1e-6
     # each row: the saved model's most probable class for that test image, and its probability
-    net, _ = export.load_checkpoint_model(tmp_path / "model.ckpt")
+    net, _ = model_files.checkpoint_model(tmp_path / "model.ckpt")
     images, labels = load_split(data_root / "MNIST" / "raw", "test")
     with torch.no_grad():
         probs = net(images.float() / 255).softmax(1)
@@ -222,7 +222,7 @@ class Observed(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.batches_per_epoch.append(0)
-        self.compiled.append(isinstance(getattr(pl_module, "_compiled", None), torch._dynamo.eval_frame.OptimizedModule))
+        self.compiled.append(isinstance(getattr(pl_module, "_running", None), torch._dynamo.eval_frame.OptimizedModule))
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
         self.batches_per_epoch[-1] += 1
@@ -323,7 +323,7 @@ def test_channels_last_is_on_for_the_cnn_on_cpu_and_changes_no_result(data_root:
     auto, off = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in runs)
     assert abs(auto["test_loss"] - off["test_loss"]) < 1e-4  # other kernels, the same arithmetic
     # the checkpoint of a channels-last fit, loaded into a plain network, computes the test loss it recorded
-    net, _ = export.load_checkpoint_model(tmp_path / "auto" / "model.ckpt")
+    net, _ = model_files.checkpoint_model(tmp_path / "auto" / "model.ckpt")
     images, labels = load_split(data_root / "MNIST" / "raw", "test")
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(net(images.float() / 255), labels)

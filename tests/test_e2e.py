@@ -1,6 +1,6 @@
 """Real training on the MNIST files shipped in data/ (marked e2e: about two minutes on 2 cores).
 
-Floors sit below the lowest of seeds 0-4 (`python benchmarks/e2e_margins.py`, figures in
+Floors sit below the lowest of seeds 0-4 (`python -m benchmarks.studies.e2e_margins`, figures in
 docs/benchmarks.md), so they hold whatever the seed; the tests run seed 0.
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_lit import export
+from mnist_lit import export, model_files
 from mnist_lit.models import TUTORIALS
 from tests.test_cli import run
 
@@ -73,7 +73,7 @@ def test_every_format_equals_the_checkpoint_outside_mnist_lit(name: str, tmp_pat
 def test_fashion_class_names_travel_with_the_model(tmp_path: Path):
     make_checkpoint("fashion_mlp", tmp_path / "model.ckpt")
     files = {"mnist_lit.json": ""}
-    with export.quiet_torchscript():
+    with model_files.quiet_torchscript():
         torch.jit.load(export.export(tmp_path / "model.ckpt"), _extra_files=files)
     assert json.loads(files["mnist_lit.json"])["classes"][9] == "Ankle boot"
 

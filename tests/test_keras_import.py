@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from mnist_lit.errors import UserError
-from mnist_lit.export import read_torchscript
-from mnist_lit.keras_import import read_keras, to_torch
+from mnist_lit.keras_file import read_keras, recognise, to_torch
+from mnist_lit.model_files import load_weights, read_torchscript
 from mnist_lit.models import CNN, TinyMLP
 from tests.test_cli import run
 
@@ -221,19 +221,24 @@ def test_bad_file_gets_one_line_and_writes_nothing(case: str, tmp_path: Path, ca
 # ---------------------------------------------------------------- fit from these weights
 
 
+def weights_of(model, path: Path) -> dict[str, torch.Tensor]:
+    load_weights(model, path)
+    return model.net.state_dict()
+
+
 def test_fit_option_weights_takes_keras_ckpt_and_pt_of_the_same_tutorial(data_root: Path, tmp_path: Path):
     out = tmp_path / "imported"
     assert run("import-keras", str(KERAS / "tiny_mlp.keras"), "--output", str(out), "--data_dir", str(data_root)) == 0
-    expected = TinyMLP(weights=str(KERAS / "tiny_mlp.keras")).net.state_dict()
+    expected = weights_of(TinyMLP(), KERAS / "tiny_mlp.keras")
     assert not torch.equal(TinyMLP().net[1].weight, expected["1.weight"])  # not a fresh initialisation
     for source in (out / "model.ckpt", out / "model.pt", KERAS / "tiny_mlp.h5"):
-        loaded = TinyMLP(weights=str(source)).net.state_dict()
+        loaded = weights_of(TinyMLP(), source)
         assert all(torch.equal(loaded[k], expected[k]) for k in expected), source
 
 
 def test_fit_from_another_tutorials_weights_is_one_line_and_writes_nothing(data_root: Path, tmp_path: Path):
     with pytest.raises(UserError, match="holds the tiny_mlp tutorial's network, not cnn's"):
-        CNN(weights=str(KERAS / "tiny_mlp.keras"))
+        load_weights(CNN(), KERAS / "tiny_mlp.keras")
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", "cnn", "--data.data_dir", str(data_root),
                            "--output_dir", str(out), "--model.init_args.weights", str(KERAS / "dense512.keras")],
@@ -247,15 +252,14 @@ def test_fit_from_another_tutorials_weights_is_one_line_and_writes_nothing(data_
 def test_weights_of_an_unknown_kind_are_refused(tmp_path: Path):
     path = _write(tmp_path / "w.npz", b"")
     with pytest.raises(UserError, match="must be a .keras, .h5, .ckpt or .pt file"):
-        CNN(weights=str(path))
+        load_weights(CNN(), path)
     shutil.rmtree(tmp_path)
 
 
 def test_either_order_of_relu_and_pool_is_the_cnn(tmp_path: Path):
-    """Keras' cnn is conv, ReLU, pool; mnist_lit's pools first. Both layouts are the same network."""
+    """Keras' cnn (and mnist_lit's) is conv, ReLU, pool; files of earlier mnist_lit releases pool first.
+    Both layouts are the same network."""
     from torch import nn
-
-    from mnist_lit.keras_import import recognise
 
     net = CNN().net
     keras_order = nn.Sequential(*[net[i] for i in (0, 2, 1, 3, 5, 4, 6, 8, 7)], *list(net)[9:])

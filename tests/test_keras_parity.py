@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from mnist_lit.cli import MnistCLI, quiet_lightning
-from mnist_lit.keras_import import kernel_to_torch
+from mnist_lit.keras_file import kernel_to_torch
 from tests.conftest import idx_bytes
 
 KERAS = Path(__file__).resolve().parent / "keras"

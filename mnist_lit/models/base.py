@@ -7,7 +7,6 @@ Each tutorial is a subclass that hands its plain `nn.Module` (the network a user
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -36,21 +35,6 @@ def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load an mnist_lit checkpoint with `weights_only=True`, or say in one line why it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle of another kind, random bytes...
-        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise UserError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {detail})") from None
-    if not isinstance(checkpoint, dict) or "mnist_lit" not in checkpoint or "state_dict" not in checkpoint:
-        raise UserError(f"{path}: not an mnist_lit checkpoint (no model metadata in it)")
-    return checkpoint
-
-
 class Tutorial(Engine):
     """A tutorial's network with its Keras training recipe; `forward` returns logits."""
 
@@ -68,19 +52,20 @@ class Tutorial(Engine):
             loss_reduction: "mean" cross-entropy over the batch (Keras), or "sum" (the TF1 tutorial).
             dataset: the data set trained on; linked from `data.dataset`, it names the classes in exports.
             compile: run the network through `torch.compile` (needs a C compiler; the first steps compile).
-                Off by default: on a 2-core CPU it made the cnn's fit about 2.3 times slower, compiling included.
+                Off by default: it made the cnn's fit slower on the CPUs measured (docs/benchmarks.md).
             channels_last: keep convolution weights and inputs channels-last. None (default): on for a
                 network with convolutions running on the CPU, where it was measured faster; off otherwise.
             weights: start from these weights instead of a fresh initialisation: a Keras `.keras` or `.h5`
                 file of this tutorial (e.g. the tutorial's own `model.save`), or an mnist_lit `.ckpt` or
-                TorchScript `.pt`. Not a hyperparameter: checkpoints hold the weights themselves.
+                TorchScript `.pt`. The CLI reads the file once the model exists; from Python, call
+                `mnist_lit.model_files.load_weights(model, path)`. Not a hyperparameter: checkpoints hold
+                the weights themselves.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["net", "weights"])
         self.net = net
         self.init_weights()
-        if weights is not None:
-            self.load_weights(weights)
+        self.weights_file = weights  # read by mnist_lit.model_files.start_from_weights
         self.test_confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)
         self.confusion_matrix: torch.Tensor | None = None  # set after `test`, rows = true class
         self._sums: dict[str, torch.Tensor] = {}
@@ -90,21 +75,20 @@ class Tutorial(Engine):
         """Keras' initialisation of a fresh network (glorot-uniform kernels, zero biases)."""
         keras_init(self.net)
 
-    def load_weights(self, path: str | Path) -> None:
-        """Copy in the weights of a Keras, checkpoint or TorchScript file holding this same tutorial."""
-        from mnist_lit.export import read_weights
-
-        tutorial, weights = read_weights(path)
-        if tutorial != self.name:
-            raise UserError(f"{path}: holds the {tutorial} tutorial's network, not {self.name}'s")
-        try:
-            self.net.load_state_dict(weights)
-        except RuntimeError as e:
-            raise UserError(f"{path}: weights do not fit the {self.name} network ({str(e).splitlines()[0]})") from None
-
     @property
     def classes(self) -> tuple[str, ...]:
         return DATASETS[self.hparams.dataset].classes
+
+    def metadata(self) -> dict[str, Any]:
+        """What every checkpoint of this model records beside its weights, in plain values."""
+        return {"tutorial": self.name, "dataset": self.hparams.dataset, "classes": list(self.classes),
+                "params": count_params(self.net)}
+
+    def setup(self, stage: str) -> None:
+        if self.weights_file is not None:  # a Python user's weights= would otherwise be dropped without a word
+            raise UserError(f"{self.name}: weights={self.weights_file!r} was not read; from Python, call "
+                            "mnist_lit.model_files.load_weights(model, path) instead of passing weights=")
+        super().setup(stage)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network's logits (softmax only in `predict_step` and in exports)."""
@@ -126,10 +110,8 @@ class Tutorial(Engine):
         return loss
 
     def _log_epoch(self, stage: str) -> None:
-        """Log the epoch's mean loss and accuracy over all ranks: one `self.log` per metric per epoch.
-
-        (`self.log` costs about 0.8 ms a call in Lightning 2.6, several times a small model's step.)
-        """
+        """Log the epoch's mean loss and accuracy over all ranks: one `self.log` per metric per epoch,
+        because a `self.log` call costs more than a small model's whole step (docs/benchmarks.md#speed)."""
         sums = self._sums.pop(stage, None)
         if sums is None:
             return
@@ -147,8 +129,7 @@ class Tutorial(Engine):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # logging on the epoch's last batch (not in on_train_epoch_end) lets callbacks read the train
         # metrics in their own on_train_epoch_end, which Lightning calls before the module's
-        loop = self.trainer.fit_loop.epoch_loop
-        if loop.batch_progress.is_last_batch or 0 < self.trainer.max_steps <= self.trainer.global_step:
+        if self.trainer.is_last_batch or 0 < self.trainer.max_steps <= self.trainer.global_step:
             self._log_epoch("train")
 
     def on_train_epoch_end(self) -> None:
@@ -182,5 +163,4 @@ class Tutorial(Engine):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # plain values, so `torch.load(..., weights_only=True)` can rebuild the model without Lightning
-        checkpoint["mnist_lit"] = {"tutorial": self.name, "dataset": self.hparams.dataset,
-                                   "classes": list(self.classes), "params": count_params(self.net)}
+        checkpoint["mnist_lit"] = self.metadata()

@@ -1,0 +1,278 @@
+"""Every model file mnist_lit reads or writes, in one place: checkpoints, weights, exported models.
+
+- Checkpoints (`.ckpt`): `read_checkpoint` loads one with `weights_only=True` or says in one line why it is
+  not one; `write_checkpoint` writes the tested model as `model.ckpt` (Lightning's layout, plain values
+  only, so `test --ckpt_path`, `Tutorial.load_from_checkpoint` and `torch.load(weights_only=True)` take it);
+  `checkpoint_model` rebuilds a checkpoint's network.
+- Weights (`read_weights`, `load_weights`): a network's state_dict from a `.ckpt`, an exported TorchScript
+  `.pt`, or a Keras `.keras` / `.h5` file (through `keras_file`), checked to hold the same tutorial.
+- Exported models (`load_model`): a `.ckpt`, `.pt`, `.pt2` or `.onnx` file as one function, images in and
+  probabilities out, with the metadata that travels inside the file (`META_NAME`, see `export`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+from mnist_lit import __version__, atomic
+from mnist_lit.errors import UserError
+
+if TYPE_CHECKING:
+    from mnist_lit.models import Tutorial
+
+# `mnist_lit.models` (and with it Lightning) is imported inside the functions that rebuild a tutorial:
+# reading an exported file, and `classify`, `export` and `serve` answering --help, need torch alone
+
+META_NAME = "mnist_lit.json"  # the metadata's name inside every exported file
+INPUT = "float32 N x 1 x 28 x 28, pixels / 255 in [0, 1], light ink on black (MNIST style)"
+OUTPUT = "float32 N x 10 class probabilities (softmax)"
+WEIGHT_SUFFIXES = (".keras", ".h5", ".ckpt", ".pt")  # what `read_weights` takes
+MODEL_SUFFIXES = (".ckpt", ".pt", ".pt2", ".onnx")  # what `load_model` takes
+
+Predict = Callable[[torch.Tensor], torch.Tensor]  # images N x 1 x 28 x 28 in [0, 1] -> probabilities N x 10
+
+
+class Probabilities(nn.Module):
+    """A tutorial's network followed by softmax: what Keras' `predict` returns, and what every export holds."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).softmax(dim=1)
+
+
+def _listed(suffixes: tuple[str, ...]) -> str:
+    return f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load an mnist_lit checkpoint with `weights_only=True`, or say in one line why it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle of another kind, random bytes...
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise UserError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {detail})") from None
+    if not isinstance(checkpoint, dict) or "mnist_lit" not in checkpoint or "state_dict" not in checkpoint:
+        raise UserError(f"{path}: not an mnist_lit checkpoint (no model metadata in it)")
+    return checkpoint
+
+
+def write_checkpoint(path: Path, model: Tutorial, epoch: int = 0, global_step: int = 0, **meta: Any) -> None:
+    """The model's weights as a checkpoint in Lightning's layout, atomically; `meta` joins its metadata.
+
+    The hyperparameters carry the model class as the Lightning CLI records it, so `test --ckpt_path`
+    rebuilds the same tutorial from the file alone.
+    """
+    import lightning as L
+
+    hparams = {"_class_path": f"mnist_lit.models.{type(model).__name__}", **model.hparams,
+               "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+    checkpoint = {
+        "epoch": epoch, "global_step": global_step, "pytorch-lightning_version": L.__version__,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "hparams_name": "kwargs", "hyper_parameters": hparams,
+        "mnist_lit": {**model.metadata(), **meta},
+    }
+    atomic.write_bytes_from(path, lambda f: torch.save(checkpoint, f))
+
+
+def net_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The plain network's part of a Tutorial's (or an exported Probabilities') state_dict."""
+    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+
+
+def _put_weights(path: Path, net: nn.Module, state: dict[str, torch.Tensor], tutorial: str) -> None:
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not fit the {tutorial} network ({str(e).splitlines()[0]})") from None
+
+
+def checkpoint_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The plain network of a checkpoint, in eval mode, and its metadata (tutorial, classes...)."""
+    from mnist_lit.models import TUTORIALS
+
+    checkpoint = read_checkpoint(path)
+    meta = checkpoint["mnist_lit"]
+    if meta.get("tutorial") not in TUTORIALS:
+        raise UserError(f"{path}: unknown tutorial {meta.get('tutorial')!r}")
+    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    model = TUTORIALS[meta["tutorial"]](**hparams)
+    _put_weights(Path(path), model.net, net_state(checkpoint["state_dict"]), meta["tutorial"])
+    return model.net.eval(), meta
+
+
+def finished_epochs(checkpoint: dict[str, Any]) -> int | None:
+    """The epochs a training checkpoint (last.ckpt) has finished, from the run record it carries."""
+    history = checkpoint.get("callbacks", {}).get("RunRecorder", {}).get("history")
+    return history[-1]["epoch"] if history else None
+
+
+def read_last(last: Path, previous: Path) -> dict[str, Any]:
+    """last.ckpt, or one line saying it is damaged and whether the epoch before it is kept (`previous`)."""
+    try:
+        return read_checkpoint(last)
+    except UserError as e:
+        hint = (f"the epoch before it is kept: continue with --ckpt_path {previous}" if previous.is_file()
+                else "no earlier checkpoint is kept: start again without --ckpt_path")
+        raise UserError(f"{e}; {hint}") from None
+
+
+def check_start(path: Path | str, checkpoint: dict[str, Any], tutorial: str | None, asked: dict[str, Any] | None,
+                max_epochs: int | None) -> str | None:
+    """Whether a run may start from `checkpoint` (`--ckpt_path`): one-line refusals, or the note to print.
+
+    `tutorial` and `asked` are the config's tutorial and model arguments, `max_epochs` the Trainer's for a
+    fit (None for test, validate and predict, which read only the weights).
+    - A checkpoint of another tutorial is refused: Lightning would quietly rebuild the checkpoint's model
+      instead, and train it into the config's output folder.
+    - A fit that already trained more epochs than `max_epochs` asks for is refused (one whose last epoch
+      is in the checkpoint resumes to its test and outputs, as it should).
+    - For the same tutorial Lightning rebuilds the model with the checkpoint's hyperparameters, whatever
+      the config says: the note names each value that changes that way.
+    """
+    held = checkpoint["mnist_lit"].get("tutorial")
+    if tutorial and held != tutorial:
+        raise UserError(f"{path}: holds the {held} tutorial, but the config is {tutorial}'s; use --config {held}, "
+                        "or another checkpoint")
+    done = finished_epochs(checkpoint)
+    if done is not None and max_epochs not in (None, -1) and done > max_epochs:
+        raise UserError(f"{path}: already trained {done} epochs, more than --trainer.max_epochs {max_epochs}; "
+                        f"ask for {done} or more to continue it, or evaluate it with `test --ckpt_path {path}`")
+    changed = [f"{k} {v!r} (not {asked.get(k)!r})" for k, v in checkpoint.get("hyper_parameters", {}).items()
+               if not k.startswith("_") and asked is not None and k in asked and asked.get(k) != v]
+    return f"{path}: the model keeps the checkpoint's {', '.join(changed)}" if changed else None
+
+
+# ---------------------------------------------------------------- weights
+
+
+@contextlib.contextmanager
+def quiet_torchscript():
+    """torch 2.14 marks TorchScript deprecated and warns on script, save and load: the README says it once."""
+    with warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, message=r"(?s).*(TorchScript|torch\.jit)")
+        yield
+
+
+def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """A TorchScript model file and the metadata inside it ({} when it has none)."""
+    files = {META_NAME: ""}
+    with quiet_torchscript():
+        model = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    return model, json.loads(files[META_NAME]) if files[META_NAME] else {}
+
+
+def read_weights(path: str | Path) -> tuple[str | None, dict[str, torch.Tensor]]:
+    """The tutorial a model file holds and its network's state_dict: a Keras `.keras` / `.h5` file, an
+    mnist_lit `.ckpt`, or a TorchScript `.pt` written by `export`."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WEIGHT_SUFFIXES:
+        raise UserError(f"{path}: weights must be a {_listed(WEIGHT_SUFFIXES)} file")
+    if suffix in (".keras", ".h5"):
+        from mnist_lit import keras_file
+
+        net = keras_file.to_torch(keras_file.read_keras(path))
+        return keras_file.recognise(path, net), net.state_dict()
+    if suffix == ".ckpt":
+        checkpoint = read_checkpoint(path)
+        return checkpoint["mnist_lit"].get("tutorial"), net_state(checkpoint["state_dict"])
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        scripted, meta = read_torchscript(path)
+    except Exception as e:  # not a zip, not TorchScript, truncated...
+        raise UserError(f"{path}: not a readable TorchScript file ({e.__class__.__name__})") from None
+    return meta.get("tutorial"), net_state(scripted.state_dict())  # Probabilities(net): keys net.*
+
+
+def load_weights(model: Tutorial, path: str | Path) -> None:
+    """Copy into `model` the weights of a Keras, checkpoint or TorchScript file holding the same tutorial."""
+    tutorial, weights = read_weights(path)
+    if tutorial != model.name:
+        raise UserError(f"{path}: holds the {tutorial} tutorial's network, not {model.name}'s")
+    _put_weights(Path(path), model.net, weights, model.name)
+
+
+def start_from_weights(model: Tutorial) -> None:
+    """Apply the weights file a model was configured with (`weights=`, `--model.init_args.weights`)."""
+    if model.weights_file is not None:
+        load_weights(model, model.weights_file)
+        model.weights_file = None
+
+
+# ---------------------------------------------------------------- exported models
+
+
+def metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """What travels inside every exported file: a checkpoint's metadata and the model's contract."""
+    return {"tutorial": meta["tutorial"], "dataset": meta["dataset"], "classes": list(meta["classes"]),
+            "input": INPUT, "output": OUTPUT, "mnist_lit_version": __version__}
+
+
+def _no_grad(model: Callable[[torch.Tensor], torch.Tensor]) -> Predict:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+    return run
+
+
+def _read_exported(path: Path, suffix: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
+    """An exported file's model and the metadata inside it ({} when it has none)."""
+    if suffix == ".pt":
+        return read_torchscript(path)
+    files = {META_NAME: ""}
+    if suffix == ".pt2":
+        export_log = logging.getLogger("torch.export")
+        level = export_log.level
+        export_log.setLevel(logging.ERROR)  # a broken file is reported in one line, not a logged traceback
+        try:
+            model = torch.export.load(str(path), extra_files=files).module()
+        finally:
+            export_log.setLevel(level)
+    else:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        files[META_NAME] = session.get_modelmeta().custom_metadata_map.get(META_NAME, "")
+        model = lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])  # noqa: E731
+    return model, json.loads(files[META_NAME]) if files[META_NAME] else {}
+
+
+def load_model(path: str | Path) -> tuple[Predict, dict[str, Any]]:
+    """Any of the four model files as `images (N x 1 x 28 x 28) -> probabilities (N x 10)`, with its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file")
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise UserError(f"{path}: not a model file this reads ({_listed(MODEL_SUFFIXES)})")
+    if suffix == ".ckpt":
+        net, meta = checkpoint_model(path)
+        return _no_grad(Probabilities(net).eval()), metadata(meta)
+    try:
+        model, meta = _read_exported(path, suffix)
+    except Exception as e:
+        raise UserError(f"{path}: cannot load the model ({e.__class__.__name__}: {str(e).strip()[:120]})") from None
+    if len(meta.get("classes", [])) != 10:
+        raise UserError(f"{path}: no mnist_lit metadata (class names) inside; export it with python -m mnist_lit export")
+    return _no_grad(model), meta

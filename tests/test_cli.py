@@ -16,24 +16,11 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from mnist_lit import model_files
-from mnist_lit.__main__ import main
 from mnist_lit.data import load_split
 from mnist_lit.cli import MnistCLI, quiet_lightning, resolve_config, resolve_config_args
-from tests.conftest import TEST
+from tests.helpers import REPO, TEST, fit, run
 
-REPO = Path(__file__).resolve().parent.parent
 TUTORIALS = ["cnn", "dense512", "fashion_mlp", "softmax_regression", "tiny_mlp"]
-
-
-def run(*args: str) -> int:
-    try:
-        return main(list(args))
-    except SystemExit as e:  # jsonargparse exits on bad arguments
-        return int(e.code or 0)
-
-
-def fit(config: str, data_root: Path, out: Path, *extra: str) -> int:
-    return run("fit", "--config", config, "--data.data_dir", str(data_root), "--output_dir", str(out), *extra)
 
 
 @pytest.mark.parametrize("name", TUTORIALS)

@@ -15,7 +15,7 @@ from lightning.pytorch.loops.optimization.manual import _ManualOptimization
 from mnist_lit import engine
 from mnist_lit.data import MNISTDataModule, TensorBatches
 from mnist_lit.models import TinyMLP
-from tests.conftest import TRAIN
+from tests.helpers import TRAIN
 
 
 def test_step_groups_hand_over_the_same_batches_k_at_a_time():

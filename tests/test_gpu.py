@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.gpu
 

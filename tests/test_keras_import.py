@@ -19,10 +19,8 @@ from mnist_lit.errors import UserError
 from mnist_lit.keras_file import read_keras, recognise, to_torch
 from mnist_lit.model_files import load_weights, read_torchscript
 from mnist_lit.models import CNN, TinyMLP
-from tests.test_cli import run
+from tests.helpers import KERAS, REPO, run
 
-KERAS = Path(__file__).resolve().parent / "keras"
-REPO = KERAS.parent.parent
 FILES = {"cnn.keras": "cnn", "cnn.h5": "cnn", "dense512.keras": "dense512", "fashion_mlp.keras": "fashion_mlp",
          "softmax_regression.keras": "softmax_regression", "tiny_mlp.keras": "tiny_mlp", "tiny_mlp.h5": "tiny_mlp"}
 

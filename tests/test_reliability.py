@@ -14,36 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tests.test_cli import REPO, fit, run
-
-
-def default_sigint() -> None:
-    """As in a terminal's foreground job: a shell starts background jobs (`make test &`) with SIGINT
-    ignored, which the child would inherit, and Python then installs no Ctrl-C handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def cli_process(*args: str, own_session: bool = False) -> subprocess.Popen:
-    """`python -m mnist_lit ARGS` from the repo; with `own_session`, in a process group of its own, so a
-    signal can reach it and every process it starts (os.killpg)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "mnist_lit", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint,
-                            start_new_session=own_session)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
-def start_up_lines_removed(err: str) -> list[str]:
-    """stderr without Lightning's usual start-up lines (seed, GPU/TPU, and on resume its restoring notices)."""
-    usual = ("Seed set", "GPU", "TPU", "LOCAL_RANK", "Restoring states from", "Restored all states from")
-    return [line for line in err.splitlines() if line.strip() and not line.startswith(usual)]
+from tests.helpers import REPO, cli_process, default_sigint, fit, run, start_up_lines_removed, wait_for
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])

@@ -24,8 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import write_idx_folder
-from tests.test_cli import REPO, run
+from tests.helpers import REPO, run, write_idx_folder
 
 pytest.importorskip("litserve", reason="serving needs the serve extra: pip install -e '.[serve]'")
 

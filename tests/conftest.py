@@ -1,4 +1,4 @@
-"""Fixtures, and what every test gets: an empty working folder, the CPU, the suite's own cache (helpers.py: functions)."""
+"""Fixtures and suite-wide setup: an empty working folder, the CPU only, the suite's own cache (functions: helpers.py)."""
 
 from __future__ import annotations
 

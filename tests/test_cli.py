@@ -60,6 +60,7 @@ def test_test_and_validate_a_saved_model(data_root: Path, tmp_path: Path, capsys
     assert "Validation: loss: " in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_verbose_shows_the_traceback_behind_the_line(tmp_path: Path):
     command = [sys.executable, "-m", "mnist_lit", "classify", "--model", str(tmp_path / "missing.pt"), "x.png"]
     quiet = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -162,6 +163,7 @@ def test_offline_without_data_is_one_line(tmp_path: Path, no_download, monkeypat
     assert len(err) == 1 and err[0].startswith("mnist_lit: error: MNIST not found and the download failed")
 
 
+@pytest.mark.slow
 def test_corrupt_data_from_the_shell_is_one_line_without_traceback(data_root: Path, tmp_path: Path):
     bad = data_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     bad.write_bytes(bad.read_bytes()[:500])

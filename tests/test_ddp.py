@@ -13,6 +13,8 @@ import pytest
 
 from tests.helpers import cli_process, wait_for
 
+pytestmark = pytest.mark.slow  # every test starts two or more training processes
+
 
 def test_two_processes_split_each_epoch(data_root: Path, tmp_path: Path):
     proc = cli_process("fit", "--config", "tiny_mlp", "--data.data_dir", str(data_root), "--output_dir",

@@ -36,6 +36,7 @@ LOADER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TUTORIALS))
 def test_every_format_equals_the_checkpoint_outside_mnist_lit(name: str, tmp_path: Path):
     net = make_checkpoint(name, tmp_path / "model.ckpt")

@@ -234,6 +234,7 @@ def test_fit_option_weights_takes_keras_ckpt_and_pt_of_the_same_tutorial(data_ro
         assert all(torch.equal(loaded[k], expected[k]) for k in expected), source
 
 
+@pytest.mark.slow
 def test_fit_from_another_tutorials_weights_is_one_line_and_writes_nothing(data_root: Path, tmp_path: Path):
     with pytest.raises(UserError, match="holds the tiny_mlp tutorial's network, not cnn's"):
         load_weights(CNN(), KERAS / "tiny_mlp.keras")

@@ -35,6 +35,7 @@ def test_fit_writes_the_outputs_and_can_run_again(data_root: Path, tmp_path: Pat
     assert config["model"]["class_path"] == "mnist_lit.models.TinyMLP" and config["trainer"]["max_epochs"] == 2
 
 
+@pytest.mark.slow
 def test_fit_writes_into_checkpoints_of_the_tutorial_by_default(data_root: Path, tmp_path: Path):
     done = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", "tiny_mlp", "--data.data_dir",
                            str(data_root), "--trainer.max_epochs", "1"], cwd=tmp_path, capture_output=True, text=True)
@@ -68,6 +69,7 @@ def predicted_rows(data_root: Path, tmp_path: Path) -> list[str]:
     return rows
 
 
+@pytest.mark.slow
 def test_predict_in_two_processes_writes_the_same_csv(data_root: Path, tmp_path: Path):
     alone = predicted_rows(data_root, tmp_path)
     done = subprocess.run([sys.executable, "-m", "mnist_lit", "predict", "--config", "dense512", "--data.data_dir",

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from tests.helpers import REPO, cli_process, default_sigint, fit, start_up_lines_removed, wait_for
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_run_resumes_to_the_uninterrupted_result(sig: signal.Signals, data_root: Path, tmp_path: Path):
     common = ["fit", "--config", "cnn", "--data.data_dir", str(data_root), "--trainer.max_epochs", "80"]
@@ -81,6 +82,7 @@ sys.exit(main())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["write", "rename"])
 def test_a_kill_inside_the_checkpoint_writer_keeps_a_whole_checkpoint(where: str, data_root: Path, tmp_path: Path):
     epochs = ("--trainer.max_epochs", "4")
@@ -99,6 +101,7 @@ def test_a_kill_inside_the_checkpoint_writer_keeps_a_whole_checkpoint(where: str
     assert not list(out.glob(".*.tmp"))  # the resumed fit removed the killed one's half-written file
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_one_line(data_root: Path, tmp_path: Path):
     out = tmp_path / "o"
     proc = cli_process("fit", "--config", "cnn", "--data.data_dir", str(data_root), "--output_dir", str(out),
@@ -153,6 +156,7 @@ def test_same_seed_same_result(data_root: Path, tmp_path: Path):
            (b["test_acc"], b["test_loss"], b["history"][-1]["train_loss"])
 
 
+@pytest.mark.slow
 def test_a_second_fit_into_the_same_folder_refuses(data_root: Path, tmp_path: Path, capsys):
     out = tmp_path / "shared"
     first = cli_process("fit", "--config", "cnn", "--data.data_dir", str(data_root), "--output_dir", str(out),
@@ -182,6 +186,7 @@ def file_size_limit(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_is_one_line_and_the_previous_files_stay(data_root: Path, tmp_path: Path):
     out = tmp_path / "run"
     assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "1") == 0

@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 
 from mnist_lit import classify
-from tests.test_cli import run
-from tests.test_export import make_checkpoint
+from tests.helpers import make_checkpoint, run
 
 
 def paper_with_blob(height=300, width=400, box=(40, 250, 90, 140), ink=30, paper=235) -> np.ndarray:

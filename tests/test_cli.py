@@ -1,39 +1,20 @@
-"""The command line as a user meets it: configs, outputs, resume, Trainer flags, and bad input."""
+"""The command line (mnist_lit/cli.py, __main__.py): configs, subcommands, and bad input in one line each."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from lightning.pytorch.callbacks import Callback
 
-from mnist_lit import model_files
-from mnist_lit.__main__ import main
-from mnist_lit.data import load_split
-from mnist_lit.cli import MnistCLI, quiet_lightning, resolve_config, resolve_config_args
-from tests.conftest import TEST
+from mnist_lit.cli import MnistCLI, resolve_config, resolve_config_args
+from tests.helpers import REPO, fit, run
 
-REPO = Path(__file__).resolve().parent.parent
 TUTORIALS = ["cnn", "dense512", "fashion_mlp", "softmax_regression", "tiny_mlp"]
-
-
-def run(*args: str) -> int:
-    try:
-        return main(list(args))
-    except SystemExit as e:  # jsonargparse exits on bad arguments
-        return int(e.code or 0)
-
-
-def fit(config: str, data_root: Path, out: Path, *extra: str) -> int:
-    return run("fit", "--config", config, "--data.data_dir", str(data_root), "--output_dir", str(out), *extra)
 
 
 @pytest.mark.parametrize("name", TUTORIALS)
@@ -57,91 +38,12 @@ def test_configs_hold_the_published_recipe(name: str):
     assert (REPO / "configs" / f"{name}.yaml").read_text().startswith("# ")
 
 
-class FakeTerminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_a_terminal_gets_a_live_bar_and_then_the_epoch_line(data_root: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch):
-    terminal = FakeTerminal()
-    monkeypatch.setattr(sys, "stdout", terminal)
-    assert fit("tiny_mlp", data_root, tmp_path, "--trainer.max_epochs", "2", "--data.steps_per_execution", "1") == 0
-    frames = [frame for frame in terminal.getvalue().split("\r") if "ms/step" in frame]
-    for epoch in (1, 2):  # each epoch's bar starts drawn, with Keras' fields: steps, elapsed, ETA, ms per step
-        assert f"Epoch {epoch}/2 - 0/20 [....." in "".join(frames)
-    assert all(re.fullmatch(r"Epoch [12]/2 - \d+/20 \[[=.]+\] \d\d:\d\d ETA (\?|\d\d:\d\d) - \d+ms/step", f.strip())
-               for f in frames), frames
-    lines = terminal.getvalue().replace("\r", "\n").splitlines()  # after the bar, the line a log also gets
-    assert [line[:20] for line in lines if re.match(r"Epoch \d/2 - 20/20 - [\d.]+s - loss: ", line)] == [
-        "Epoch 1/2 - 20/20 - ", "Epoch 2/2 - 20/20 - "]
-
-
-def test_fit_writes_the_outputs_and_can_run_again(data_root: Path, tmp_path: Path, capsys):
-    out = tmp_path / "tiny"
-    for _ in range(2):  # the second run replaces the first one's files
-        assert fit("tiny_mlp.yaml", data_root, out, "--trainer.max_epochs", "2") == 0
-    printed = capsys.readouterr().out
-    assert "Epoch 2/2 - 20/20 - " in printed and "val_acc: " in printed
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["params"] == 13_002 and metrics["epochs"] == 2 and metrics["test_samples"] == TEST
-    assert len(metrics["epoch_seconds"]) == 2 and all(s > 0 for s in metrics["epoch_seconds"])
-    assert metrics["test_acc"] > 0.5, "the synthetic classes are easy: the run did not learn"
-    assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(metrics["history"][-1])
-    assert sorted(p.name for p in out.glob("*.ckpt")) == ["last.ckpt", "model.ckpt", "previous.ckpt"]
-    assert (out / "model.pt").is_file()  # the tested model, for torch.jit.load
-    ckpt = torch.load(out / "model.ckpt", weights_only=True)  # plain values only
-    assert ckpt["mnist_lit"]["tutorial"] == "tiny_mlp" and ckpt["hyper_parameters"]["dataset"] == "mnist"
-    config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["model"]["class_path"] == "mnist_lit.models.TinyMLP" and config["trainer"]["max_epochs"] == 2
-
-
 def test_saved_config_reproduces_the_run(data_root: Path, tmp_path: Path):
     first, second = tmp_path / "a", tmp_path / "b"
     assert fit("dense512", data_root, first, "--trainer.max_epochs", "1", "--trainer.deterministic", "true") == 0
     assert run("fit", "--config", str(first / "config.yaml"), "--output_dir", str(second)) == 0
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (first, second))
     assert (a["test_acc"], a["test_loss"]) == (b["test_acc"], b["test_loss"])
-
-
-def test_resume_from_last_keeps_the_history(data_root: Path, tmp_path: Path):
-    out = tmp_path / "cnn"
-    assert fit("cnn", data_root, out, "--trainer.max_epochs", "1") == 0
-    assert fit("cnn", data_root, out, "--trainer.max_epochs", "2", "--ckpt_path", "last") == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert [e["epoch"] for e in metrics["history"]] == [1, 2] and metrics["steps"] == 2 * 5
-
-
-def test_resume_with_no_checkpoint_yet_starts_from_scratch_and_says_so(data_root: Path, tmp_path: Path, capsys,
-                                                                      recwarn):
-    out = tmp_path / "new"
-    assert fit("softmax_regression", data_root, out, "--trainer.max_steps", "20", "--ckpt_path", "last") == 0
-    assert f"--ckpt_path last: no last.ckpt in {out} yet, so training starts from scratch" in capsys.readouterr().out
-    # Lightning's own warning ("HINT: Set ModelCheckpoint(..., save_last=True)") points at code users cannot change
-    assert not [w for w in recwarn if "no last checkpoint" in str(w.message)]
-    assert json.loads((out / "metrics.json").read_text())["steps"] == 20
-
-
-def test_checkpoint_of_another_tutorial_is_refused_and_nothing_is_written(data_root: Path, tmp_path: Path, capsys):
-    dense = tmp_path / "dense512"
-    assert fit("dense512", data_root, dense, "--trainer.max_epochs", "1") == 0
-    before = {p.name: p.stat().st_mtime_ns for p in dense.iterdir()}
-    capsys.readouterr()
-    assert fit("cnn", data_root, tmp_path / "cnn", "--ckpt_path", str(dense / "last.ckpt")) == 1
-    assert capsys.readouterr().err == (f"mnist_lit: error: {dense / 'last.ckpt'}: holds the dense512 tutorial, but the "
-                                       "config is cnn's; use --config dense512, or another checkpoint\n")
-    assert not (tmp_path / "cnn").exists()
-    assert {p.name: p.stat().st_mtime_ns for p in dense.iterdir()} == before
-
-
-def test_resuming_keeps_the_checkpoints_hyperparameters_and_says_which(data_root: Path, tmp_path: Path, capsys):
-    out = tmp_path / "tiny"
-    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "1") == 0
-    capsys.readouterr()
-    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "2", "--model.init_args.dropout", "0.5",
-               "--ckpt_path", str(out / "last.ckpt")) == 0
-    assert f"{out / 'last.ckpt'}: the model keeps the checkpoint's dropout 0.2 (not 0.5)" in capsys.readouterr().out
-    assert torch.load(out / "model.ckpt", weights_only=True)["hyper_parameters"]["dropout"] == 0.2
 
 
 def test_test_and_validate_a_saved_model(data_root: Path, tmp_path: Path, capsys):
@@ -158,209 +60,7 @@ def test_test_and_validate_a_saved_model(data_root: Path, tmp_path: Path, capsys
     assert "Validation: loss: " in capsys.readouterr().out
 
 
-def test_predict_writes_probabilities(data_root: Path, tmp_path: Path):
-    predicted_rows(data_root, tmp_path)
-
-
-def predicted_rows(data_root: Path, tmp_path: Path) -> list[str]:
-    """predictions.csv of a one-epoch dense512, checked row by row against the saved model."""
-    assert fit("dense512", data_root, tmp_path, "--trainer.max_epochs", "1") == 0
-    assert run("predict", "--config", "dense512", "--data.data_dir", str(data_root), "--output_dir", str(tmp_path),
-               "--ckpt_path", str(tmp_path / "model.ckpt")) == 0
-    rows = (tmp_path / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "index,label,predicted,probability" and len(rows) == TEST + 1
-    right = sum(r.split(",")[1] == r.split(",")[2] for r in rows[1:]) / TEST
-    assert abs(right - json.loads((tmp_path / "metrics.json").read_text())["test_acc"]) < 1e-6
-    # each row: the saved model's most probable class for that test image, and its probability
-    net, _ = model_files.checkpoint_model(tmp_path / "model.ckpt")
-    images, labels = load_split(data_root / "MNIST" / "raw", "test")
-    with torch.no_grad():
-        probs = net(images.float() / 255).softmax(1)
-    assert [int(r.split(",")[1]) for r in rows[1:]] == labels.tolist()
-    assert [int(r.split(",")[2]) for r in rows[1:]] == probs.argmax(1).tolist()
-    assert [float(r.split(",")[3]) for r in rows[1:]] == pytest.approx(probs.max(1).values.tolist(), abs=2e-6)
-    return rows
-
-
-def test_predict_in_two_processes_writes_the_same_csv(data_root: Path, tmp_path: Path):
-    alone = predicted_rows(data_root, tmp_path)
-    done = subprocess.run([sys.executable, "-m", "mnist_lit", "predict", "--config", "dense512", "--data.data_dir",
-                           str(data_root), "--output_dir", str(tmp_path / "ddp"), "--ckpt_path",
-                           str(tmp_path / "model.ckpt"), "--trainer.strategy", "ddp", "--trainer.devices", "2",
-                           "--trainer.accelerator", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"Saved {TEST} predictions to {tmp_path / 'ddp' / 'predictions.csv'}" in done.stdout
-    together = (tmp_path / "ddp" / "predictions.csv").read_text().splitlines()
-    assert [r.rsplit(",", 1)[0] for r in together] == [r.rsplit(",", 1)[0] for r in alone]
-    assert [float(r.rsplit(",", 1)[1]) for r in together[1:]] == pytest.approx(
-        [float(r.rsplit(",", 1)[1]) for r in alone[1:]], abs=2e-6)
-
-
-class Observed(Callback):
-    """What a fit really did: the dtype the network trained in, Lightning steps per epoch, whether the
-    network went through torch.compile, and the gradient norm each optimizer step was given. Every
-    instance starts empty, so no test sees another's record."""
-
-    def __init__(self) -> None:
-        self.dtypes: set[torch.dtype] = set()
-        self.batches_per_epoch: list[int] = []
-        self.compiled: list[bool] = []
-        self.norms_before_clip: list[float] = []
-        self.norms_used: list[float] = []
-        self.updates: list[int] = []
-
-    @staticmethod
-    def grad_norm(module: torch.nn.Module) -> float:
-        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()
-                                                           if p.grad is not None])))
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        first = next(m for m in pl_module.net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
-        first.register_forward_hook(lambda module, args, out: self.dtypes.add(out.dtype) if module.training else None)
-        for optimizer in trainer.optimizers:  # torch's own hook, after each update
-            optimizer.register_step_post_hook(lambda *_: self.updates.append(trainer.global_step))
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.batches_per_epoch.append(0)
-        self.compiled.append(isinstance(getattr(pl_module, "_running", None), torch._dynamo.eval_frame.OptimizedModule))
-
-    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        self.batches_per_epoch[-1] += 1
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # before any clipping
-        self.norms_before_clip.append(self.grad_norm(pl_module.net))
-
-    def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None:  # the last update's gradients
-        if any(p.grad is not None for p in pl_module.net.parameters()):
-            self.norms_used.append(self.grad_norm(pl_module.net))
-
-
-def observed_fit(config: str, data_root: Path, out: Path, *extra: str) -> Observed:
-    spy = Observed()
-    quiet_lightning()  # as `python -m mnist_lit` does
-    MnistCLI(args=resolve_config_args(["fit", "--config", config, "--data.data_dir", str(data_root),
-                                       "--output_dir", str(out), *extra]), trainer_defaults={"callbacks": [spy]})
-    return spy
-
-
-def test_trainer_flags_pass_through(data_root: Path, tmp_path: Path):
-    plain = observed_fit("cnn", data_root, tmp_path / "fp32", "--trainer.max_epochs", "1")
-    bf16 = observed_fit("cnn", data_root, tmp_path / "bf16", "--trainer.max_epochs", "1",
-                        "--trainer.precision", "bf16-mixed", "--trainer.accelerator", "cpu", "--trainer.devices", "1")
-    assert plain.dtypes == {torch.float32} and bf16.dtypes == {torch.bfloat16}  # the flag reached autocast
-
-
-def test_steps_per_execution_changes_speed_not_results(data_root: Path, tmp_path: Path):
-    results, spies = [], []
-    for k in ("1", "7"):
-        spies.append(observed_fit("tiny_mlp", data_root, tmp_path / k, "--trainer.max_epochs", "2",
-                                  "--data.steps_per_execution", k))
-        results.append(json.loads((tmp_path / k / "metrics.json").read_text()))
-    # 20 steps an epoch either way; Lightning sees one batch per step, or one group of up to 7 (7 + 7 + 6)
-    assert spies[0].batches_per_epoch == [20, 20] and spies[1].batches_per_epoch == [3, 3]
-    assert results[0]["steps"] == results[1]["steps"] == 40
-    assert [e["train_loss"] for e in results[0]["history"]] == [e["train_loss"] for e in results[1]["history"]]
-    assert results[0]["test_acc"] == results[1]["test_acc"]
-
-
-class PathSpy(Callback):
-    """Records, per fit, whether the model steps straight through torch, and Lightning's NVML setting."""
-    direct: list[bool] = []
-    nvml: list[str | None] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        type(self).direct.append(pl_module._direct_steps)
-        type(self).nvml.append(os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
-
-
-class StepHook(Callback):
-    """A user callback on every optimizer step: it must still run, once per step."""
-    calls = 0
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        type(self).calls += 1
-
-
-def test_user_step_hooks_still_run_and_the_direct_path_changes_no_update(data_root: Path, tmp_path: Path):
-    results = {}
-    spy = "--trainer.callbacks+=tests.test_cli.PathSpy"
-    PathSpy.nvml.clear()  # the CLI builds these callbacks from their class paths: their records are class-wide
-    StepHook.calls = 0
-    for name, extra in (("direct", [spy]), ("hooked", [spy, "--trainer.callbacks+=tests.test_cli.StepHook"])):
-        PathSpy.direct.clear()
-        assert fit("tiny_mlp", data_root, tmp_path / name, "--trainer.max_epochs", "2", *extra) == 0
-        results[name] = (PathSpy.direct[0], json.loads((tmp_path / name / "metrics.json").read_text()))
-    assert results["direct"][0] is True and results["hooked"][0] is False
-    # without a CUDA device the per-step NVML probe is skipped during fit, and the setting comes back
-    assert PathSpy.nvml[0] == (None if torch.cuda.device_count() == 0 else "1")
-    assert os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1"
-    assert StepHook.calls == 40 == results["hooked"][1]["steps"]
-    direct, hooked = results["direct"][1], results["hooked"][1]
-    assert [e["train_loss"] for e in direct["history"]] == [e["train_loss"] for e in hooked["history"]]
-    assert (direct["test_acc"], direct["test_loss"]) == (hooked["test_acc"], hooked["test_loss"])
-
-
-class FormatSpy(Callback):
-    """Records, per fit, whether the network trains channels-last (flag, and the strides of a conv kernel
-    with more than one input channel, where the two layouts differ)."""
-    seen: list[tuple[bool, bool]] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        kernels = [p for p in pl_module.net.parameters() if p.dim() == 4]
-        w = kernels[-1] if kernels else None
-        strided = w is not None and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
-        type(self).seen.append((pl_module._channels_last, strided))
-
-
-def test_channels_last_is_on_for_the_cnn_on_cpu_and_changes_no_result(data_root: Path, tmp_path: Path):
-    FormatSpy.seen.clear()
-    spy = "--trainer.callbacks+=tests.test_cli.FormatSpy"
-    runs = {"auto": [], "off": ["--model.init_args.channels_last", "false"]}
-    for name, extra in runs.items():
-        assert fit("cnn", data_root, tmp_path / name, "--trainer.max_epochs", "1", spy, *extra) == 0
-    assert fit("dense512", data_root, tmp_path / "dense", "--trainer.max_epochs", "1", spy) == 0
-    assert FormatSpy.seen == [(True, True), (False, False), (False, False)]
-    auto, off = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in runs)
-    assert abs(auto["test_loss"] - off["test_loss"]) < 1e-4  # other kernels, the same arithmetic
-    # the checkpoint of a channels-last fit, loaded into a plain network, computes the test loss it recorded
-    net, _ = model_files.checkpoint_model(tmp_path / "auto" / "model.ckpt")
-    images, labels = load_split(data_root / "MNIST" / "raw", "test")
-    with torch.no_grad():
-        loss = torch.nn.functional.cross_entropy(net(images.float() / 255), labels)
-    assert float(loss) == pytest.approx(auto["test_loss"], abs=1e-5)
-
-
-def test_compiled_model_trains_like_eager_and_saves_plain_names(data_root: Path, tmp_path: Path):
-    results, compiled = {}, {}
-    for flag in ("false", "true"):
-        compiled[flag] = observed_fit("dense512", data_root, tmp_path / flag, "--trainer.max_epochs", "1",
-                                      "--model.init_args.compile", flag).compiled
-        results[flag] = json.loads((tmp_path / flag / "metrics.json").read_text())
-    assert compiled == {"false": [False], "true": [True]}
-    assert abs(results["true"]["test_loss"] - results["false"]["test_loss"]) < 1e-3
-    keys = torch.load(tmp_path / "true" / "model.ckpt", weights_only=True)["state_dict"].keys()
-    assert sorted(keys) == ["net.1.bias", "net.1.weight", "net.3.bias", "net.3.weight"]
-
-
-def test_gradient_clipping_and_accumulation_train(data_root: Path, tmp_path: Path):
-    # both need Lightning's automatic optimization; the fast manual path is used otherwise
-    spy = observed_fit("tiny_mlp", data_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.gradient_clip_val",
-                       "0.05", "--trainer.accumulate_grad_batches", "2")
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["steps"] == 10 == len(spy.updates)  # 20 batches, one update per two
-    assert max(spy.norms_before_clip) > 0.1  # there was something to clip...
-    assert len(spy.norms_used) >= 9 and max(spy.norms_used) <= 0.05 * (1 + 1e-5)  # ...and the updates used it clipped
-
-
-def test_fit_writes_into_checkpoints_of_the_tutorial_by_default(data_root: Path, tmp_path: Path):
-    done = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", "tiny_mlp", "--data.data_dir",
-                           str(data_root), "--trainer.max_epochs", "1"], cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = tmp_path / "checkpoints" / "tiny_mlp"  # relative to where it ran
-    assert {p.name for p in out.iterdir()} >= {"model.ckpt", "last.ckpt", "metrics.json", "config.yaml", "model.pt"}
-    assert f"Saved {Path('checkpoints') / 'tiny_mlp' / 'model.ckpt'}" in done.stdout
-
-
+@pytest.mark.slow
 def test_verbose_shows_the_traceback_behind_the_line(tmp_path: Path):
     command = [sys.executable, "-m", "mnist_lit", "classify", "--model", str(tmp_path / "missing.pt"), "x.png"]
     quiet = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -463,6 +163,7 @@ def test_offline_without_data_is_one_line(tmp_path: Path, no_download, monkeypat
     assert len(err) == 1 and err[0].startswith("mnist_lit: error: MNIST not found and the download failed")
 
 
+@pytest.mark.slow
 def test_corrupt_data_from_the_shell_is_one_line_without_traceback(data_root: Path, tmp_path: Path):
     bad = data_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     bad.write_bytes(bad.read_bytes()[:500])

@@ -13,7 +13,7 @@ import torch
 
 from mnist_lit import data
 from mnist_lit.data import DataError, MNISTDataModule, TensorBatches, load_split, locate
-from tests.conftest import TEST, TRAIN, idx_bytes, synthetic_split, write_idx_folder
+from tests.helpers import TEST, TRAIN, idx_bytes, synthetic_split, write_idx_folder
 
 SHIPPED_MD5 = {  # ../shared/data/README.md, the MNIST database as distributed
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mnist_lit import data
-from tests.test_cli import fit
+from tests.helpers import fit
 
 pytestmark = pytest.mark.e2e
 NO_DATA_DIR = "no-such-data-dir"  # so the lookup falls through to the shipped copy

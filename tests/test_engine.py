@@ -1,21 +1,24 @@
-"""The training engine's contract (mnist_lit/engine.py): step groups, the manual/automatic choice, and the
-one private Lightning call it makes."""
+"""The training engine (mnist_lit/engine.py): step groups, direct steps, device settings, clipping and accumulation."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loops.optimization.manual import _ManualOptimization
 
-from mnist_lit import engine
-from mnist_lit.data import MNISTDataModule, TensorBatches
+from mnist_lit import engine, model_files
+from mnist_lit.cli import MnistCLI, quiet_lightning, resolve_config_args
+from mnist_lit.data import MNISTDataModule, TensorBatches, load_split
 from mnist_lit.models import TinyMLP
-from tests.conftest import TRAIN
+from tests.helpers import TRAIN, fit
 
 
 def test_step_groups_hand_over_the_same_batches_k_at_a_time():
@@ -99,3 +102,162 @@ def test_a_second_fit_of_the_same_model_may_ask_for_clipping(data_root: Path):
         trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_root), batch_size=32, download=False))
         seen.append((spy.automatic, trainer.global_step))
     assert seen == [([False], 20), ([True], 20), ([False], 20)]
+
+
+# ---------------------------------------------------------------- whole fits through the CLI, watched by callbacks
+
+
+class Observed(Callback):
+    """What a fit really did: the dtype the network trained in, Lightning steps per epoch, whether the
+    network went through torch.compile, and the gradient norm each optimizer step was given. Every
+    instance starts empty, so no test sees another's record."""
+
+    def __init__(self) -> None:
+        self.dtypes: set[torch.dtype] = set()
+        self.batches_per_epoch: list[int] = []
+        self.compiled: list[bool] = []
+        self.norms_before_clip: list[float] = []
+        self.norms_used: list[float] = []
+        self.updates: list[int] = []
+
+    @staticmethod
+    def grad_norm(module: torch.nn.Module) -> float:
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()
+                                                           if p.grad is not None])))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        first = next(m for m in pl_module.net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+        first.register_forward_hook(lambda module, args, out: self.dtypes.add(out.dtype) if module.training else None)
+        for optimizer in trainer.optimizers:  # torch's own hook, after each update
+            optimizer.register_step_post_hook(lambda *_: self.updates.append(trainer.global_step))
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.batches_per_epoch.append(0)
+        self.compiled.append(isinstance(getattr(pl_module, "_running", None), torch._dynamo.eval_frame.OptimizedModule))
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.batches_per_epoch[-1] += 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # before any clipping
+        self.norms_before_clip.append(self.grad_norm(pl_module.net))
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None:  # the last update's gradients
+        if any(p.grad is not None for p in pl_module.net.parameters()):
+            self.norms_used.append(self.grad_norm(pl_module.net))
+
+
+def observed_fit(config: str, data_root: Path, out: Path, *extra: str) -> Observed:
+    spy = Observed()
+    quiet_lightning()  # as `python -m mnist_lit` does
+    MnistCLI(args=resolve_config_args(["fit", "--config", config, "--data.data_dir", str(data_root),
+                                       "--output_dir", str(out), *extra]), trainer_defaults={"callbacks": [spy]})
+    return spy
+
+
+def test_trainer_flags_pass_through(data_root: Path, tmp_path: Path):
+    plain = observed_fit("cnn", data_root, tmp_path / "fp32", "--trainer.max_epochs", "1")
+    bf16 = observed_fit("cnn", data_root, tmp_path / "bf16", "--trainer.max_epochs", "1",
+                        "--trainer.precision", "bf16-mixed", "--trainer.accelerator", "cpu", "--trainer.devices", "1")
+    assert plain.dtypes == {torch.float32} and bf16.dtypes == {torch.bfloat16}  # the flag reached autocast
+
+
+def test_steps_per_execution_changes_speed_not_results(data_root: Path, tmp_path: Path):
+    results, spies = [], []
+    for k in ("1", "7"):
+        spies.append(observed_fit("tiny_mlp", data_root, tmp_path / k, "--trainer.max_epochs", "2",
+                                  "--data.steps_per_execution", k))
+        results.append(json.loads((tmp_path / k / "metrics.json").read_text()))
+    # 20 steps an epoch either way; Lightning sees one batch per step, or one group of up to 7 (7 + 7 + 6)
+    assert spies[0].batches_per_epoch == [20, 20] and spies[1].batches_per_epoch == [3, 3]
+    assert results[0]["steps"] == results[1]["steps"] == 40
+    assert [e["train_loss"] for e in results[0]["history"]] == [e["train_loss"] for e in results[1]["history"]]
+    assert results[0]["test_acc"] == results[1]["test_acc"]
+
+
+class PathSpy(Callback):
+    """Records, per fit, whether the model steps straight through torch, and Lightning's NVML setting."""
+    direct: list[bool] = []
+    nvml: list[str | None] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        type(self).direct.append(pl_module._direct_steps)
+        type(self).nvml.append(os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
+
+
+class StepHook(Callback):
+    """A user callback on every optimizer step: it must still run, once per step."""
+    calls = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        type(self).calls += 1
+
+
+def test_user_step_hooks_still_run_and_the_direct_path_changes_no_update(data_root: Path, tmp_path: Path):
+    results = {}
+    spy = "--trainer.callbacks+=tests.test_engine.PathSpy"
+    PathSpy.nvml.clear()  # the CLI builds these callbacks from their class paths: their records are class-wide
+    StepHook.calls = 0
+    for name, extra in (("direct", [spy]), ("hooked", [spy, "--trainer.callbacks+=tests.test_engine.StepHook"])):
+        PathSpy.direct.clear()
+        assert fit("tiny_mlp", data_root, tmp_path / name, "--trainer.max_epochs", "2", *extra) == 0
+        results[name] = (PathSpy.direct[0], json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert results["direct"][0] is True and results["hooked"][0] is False
+    # without a CUDA device the per-step NVML probe is skipped during fit, and the setting comes back
+    assert PathSpy.nvml[0] == (None if torch.cuda.device_count() == 0 else "1")
+    assert os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1"
+    assert StepHook.calls == 40 == results["hooked"][1]["steps"]
+    direct, hooked = results["direct"][1], results["hooked"][1]
+    assert [e["train_loss"] for e in direct["history"]] == [e["train_loss"] for e in hooked["history"]]
+    assert (direct["test_acc"], direct["test_loss"]) == (hooked["test_acc"], hooked["test_loss"])
+
+
+class FormatSpy(Callback):
+    """Records, per fit, whether the network trains channels-last (flag, and the strides of a conv kernel
+    with more than one input channel, where the two layouts differ)."""
+    seen: list[tuple[bool, bool]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        kernels = [p for p in pl_module.net.parameters() if p.dim() == 4]
+        w = kernels[-1] if kernels else None
+        strided = w is not None and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+        type(self).seen.append((pl_module._channels_last, strided))
+
+
+def test_channels_last_is_on_for_the_cnn_on_cpu_and_changes_no_result(data_root: Path, tmp_path: Path):
+    FormatSpy.seen.clear()
+    spy = "--trainer.callbacks+=tests.test_engine.FormatSpy"
+    runs = {"auto": [], "off": ["--model.init_args.channels_last", "false"]}
+    for name, extra in runs.items():
+        assert fit("cnn", data_root, tmp_path / name, "--trainer.max_epochs", "1", spy, *extra) == 0
+    assert fit("dense512", data_root, tmp_path / "dense", "--trainer.max_epochs", "1", spy) == 0
+    assert FormatSpy.seen == [(True, True), (False, False), (False, False)]
+    auto, off = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in runs)
+    assert abs(auto["test_loss"] - off["test_loss"]) < 1e-4  # other kernels, the same arithmetic
+    # the checkpoint of a channels-last fit, loaded into a plain network, computes the test loss it recorded
+    net, _ = model_files.checkpoint_model(tmp_path / "auto" / "model.ckpt")
+    images, labels = load_split(data_root / "MNIST" / "raw", "test")
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(net(images.float() / 255), labels)
+    assert float(loss) == pytest.approx(auto["test_loss"], abs=1e-5)
+
+
+def test_compiled_model_trains_like_eager_and_saves_plain_names(data_root: Path, tmp_path: Path):
+    results, compiled = {}, {}
+    for flag in ("false", "true"):
+        compiled[flag] = observed_fit("dense512", data_root, tmp_path / flag, "--trainer.max_epochs", "1",
+                                      "--model.init_args.compile", flag).compiled
+        results[flag] = json.loads((tmp_path / flag / "metrics.json").read_text())
+    assert compiled == {"false": [False], "true": [True]}
+    assert abs(results["true"]["test_loss"] - results["false"]["test_loss"]) < 1e-3
+    keys = torch.load(tmp_path / "true" / "model.ckpt", weights_only=True)["state_dict"].keys()
+    assert sorted(keys) == ["net.1.bias", "net.1.weight", "net.3.bias", "net.3.weight"]
+
+
+def test_gradient_clipping_and_accumulation_train(data_root: Path, tmp_path: Path):
+    # both need Lightning's automatic optimization; the fast manual path is used otherwise
+    spy = observed_fit("tiny_mlp", data_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.gradient_clip_val",
+                       "0.05", "--trainer.accumulate_grad_batches", "2")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 10 == len(spy.updates)  # 20 batches, one update per two
+    assert max(spy.norms_before_clip) > 0.1  # there was something to clip...
+    assert len(spy.norms_used) >= 9 and max(spy.norms_used) <= 0.05 * (1 + 1e-5)  # ...and the updates used it clipped

@@ -13,7 +13,7 @@ import torch
 
 from mnist_lit import export, model_files
 from mnist_lit.models import TUTORIALS
-from tests.test_cli import run
+from tests.helpers import make_checkpoint, run
 
 LOADER = textwrap.dedent("""
     import json, sys
@@ -36,19 +36,7 @@ LOADER = textwrap.dedent("""
 """)
 
 
-def make_checkpoint(name: str, path: Path) -> torch.nn.Module:
-    """An mnist_lit checkpoint of `name` with random (not zero) weights, as fit writes it."""
-    torch.manual_seed(0)
-    model = TUTORIALS[name]()
-    for p in model.net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    checkpoint = {"state_dict": model.state_dict(),
-                  "hyper_parameters": {**model.hparams, "_class_path": f"mnist_lit.models.{type(model).__name__}"}}
-    model.on_save_checkpoint(checkpoint)
-    torch.save(checkpoint, path)
-    return model.net.eval()
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TUTORIALS))
 def test_every_format_equals_the_checkpoint_outside_mnist_lit(name: str, tmp_path: Path):
     net = make_checkpoint(name, tmp_path / "model.ckpt")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import REPO
+from tests.helpers import REPO
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]  # where there is a GPU, each trains in a process of its own
 
 
 def with_gpu() -> dict[str, str]:

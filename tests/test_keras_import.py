@@ -19,10 +19,8 @@ from mnist_lit.errors import UserError
 from mnist_lit.keras_file import read_keras, recognise, to_torch
 from mnist_lit.model_files import load_weights, read_torchscript
 from mnist_lit.models import CNN, TinyMLP
-from tests.test_cli import run
+from tests.helpers import KERAS, REPO, run
 
-KERAS = Path(__file__).resolve().parent / "keras"
-REPO = KERAS.parent.parent
 FILES = {"cnn.keras": "cnn", "cnn.h5": "cnn", "dense512.keras": "dense512", "fashion_mlp.keras": "fashion_mlp",
          "softmax_regression.keras": "softmax_regression", "tiny_mlp.keras": "tiny_mlp", "tiny_mlp.h5": "tiny_mlp"}
 
@@ -236,6 +234,7 @@ def test_fit_option_weights_takes_keras_ckpt_and_pt_of_the_same_tutorial(data_ro
         assert all(torch.equal(loaded[k], expected[k]) for k in expected), source
 
 
+@pytest.mark.slow
 def test_fit_from_another_tutorials_weights_is_one_line_and_writes_nothing(data_root: Path, tmp_path: Path):
     with pytest.raises(UserError, match="holds the tiny_mlp tutorial's network, not cnn's"):
         load_weights(CNN(), KERAS / "tiny_mlp.keras")

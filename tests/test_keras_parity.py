@@ -17,10 +17,9 @@ from lightning.pytorch.callbacks import Callback
 
 from mnist_lit.cli import MnistCLI, quiet_lightning
 from mnist_lit.keras_file import kernel_to_torch
-from tests.conftest import idx_bytes
+from tests.helpers import KERAS, REPO, idx_bytes
 
-KERAS = Path(__file__).resolve().parent / "keras"
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = REPO / "configs"
 TUTORIALS = ["cnn", "dense512", "fashion_mlp", "softmax_regression", "tiny_mlp"]
 TOLERANCE = 1e-5  # absolute on weights, relative on losses
 

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from tests.test_cli import REPO
+from tests.helpers import REPO
 
 # In a fresh interpreter: tune() (or not), then ask where glibc puts an 8 MiB block. Left to its defaults,
 # glibc maps a block that large with mmap of its own, above the heap; tuned, the heap serves it.

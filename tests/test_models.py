@@ -13,9 +13,8 @@ from torch import nn
 from mnist_lit.engine import pool_before_relu
 from mnist_lit.models import TUTORIALS, CNN, SoftmaxRegression, TinyMLP, count_params
 from mnist_lit.optim import KerasAdam, KerasRMSprop
+from tests.helpers import KERAS_PARAMS
 
-KERAS_PARAMS = {"dense512": 407_050, "cnn": 97_414, "tiny_mlp": 13_002, "fashion_mlp": 101_770,
-                "softmax_regression": 7_850}
 RECIPES = {  # DEVELOPERS.md: the published training of each tutorial
     "dense512": ("rmsprop", "mean"), "cnn": ("rmsprop", "mean"), "tiny_mlp": ("adam", "mean"),
     "fashion_mlp": ("adam", "mean"), "softmax_regression": ("sgd", "sum"),

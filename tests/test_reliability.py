@@ -1,9 +1,8 @@
-"""Runs that are killed, interrupted, diverge, resume, repeat, or train in two processes."""
+"""Runs that are killed, interrupted, diverge, repeat, share a folder, or fill the disk, and what they leave."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,38 +13,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tests.test_cli import REPO, fit, run
+from tests.helpers import REPO, cli_process, default_sigint, fit, start_up_lines_removed, wait_for
 
 
-def default_sigint() -> None:
-    """As in a terminal's foreground job: a shell starts background jobs (`make test &`) with SIGINT
-    ignored, which the child would inherit, and Python then installs no Ctrl-C handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def cli_process(*args: str, own_session: bool = False) -> subprocess.Popen:
-    """`python -m mnist_lit ARGS` from the repo; with `own_session`, in a process group of its own, so a
-    signal can reach it and every process it starts (os.killpg)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "mnist_lit", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint,
-                            start_new_session=own_session)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
-def start_up_lines_removed(err: str) -> list[str]:
-    """stderr without Lightning's usual start-up lines (seed, GPU/TPU, and on resume its restoring notices)."""
-    usual = ("Seed set", "GPU", "TPU", "LOCAL_RANK", "Restoring states from", "Restored all states from")
-    return [line for line in err.splitlines() if line.strip() and not line.startswith(usual)]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_run_resumes_to_the_uninterrupted_result(sig: signal.Signals, data_root: Path, tmp_path: Path):
     common = ["fit", "--config", "cnn", "--data.data_dir", str(data_root), "--trainer.max_epochs", "80"]
@@ -111,6 +82,7 @@ sys.exit(main())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["write", "rename"])
 def test_a_kill_inside_the_checkpoint_writer_keeps_a_whole_checkpoint(where: str, data_root: Path, tmp_path: Path):
     epochs = ("--trainer.max_epochs", "4")
@@ -129,6 +101,7 @@ def test_a_kill_inside_the_checkpoint_writer_keeps_a_whole_checkpoint(where: str
     assert not list(out.glob(".*.tmp"))  # the resumed fit removed the killed one's half-written file
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_one_line(data_root: Path, tmp_path: Path):
     out = tmp_path / "o"
     proc = cli_process("fit", "--config", "cnn", "--data.data_dir", str(data_root), "--output_dir", str(out),
@@ -183,134 +156,7 @@ def test_same_seed_same_result(data_root: Path, tmp_path: Path):
            (b["test_acc"], b["test_loss"], b["history"][-1]["train_loss"])
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: None, "no such checkpoint file"),
-    (lambda p: p.write_text("weights: 1\n"), "not a readable checkpoint (UnpicklingError: Weights only load failed"),
-    (lambda p: torch.save({"state_dict": {}}, p), "not an mnist_lit checkpoint"),
-])
-def test_bad_checkpoints_are_one_line(make, message, tmp_path: Path, capsys):
-    path = tmp_path / "model.ckpt"
-    make(path)
-    assert run("test", "--config", "cnn", "--ckpt_path", str(path)) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"mnist_lit: error: {path}: {message}") and err.count("\n") == 1
-
-
-def test_truncated_and_foreign_checkpoints(data_root: Path, tmp_path: Path, capsys):
-    assert fit("dense512", data_root, tmp_path, "--trainer.max_epochs", "1") == 0
-    capsys.readouterr()
-    # another tutorial than the config's: one line naming both, not a test of a model nobody asked for
-    assert run("test", "--config", "cnn", "--data.data_dir", str(data_root), "--output_dir", str(tmp_path / "t"),
-               "--ckpt_path", str(tmp_path / "model.ckpt")) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "holds the dense512 tutorial, but the config is cnn's" in err
-    assert not (tmp_path / "t").exists()
-    # a checkpoint without its class (saved outside the CLI): named in one line, not a parser dump
-    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=True)
-    del checkpoint["hyper_parameters"]["_class_path"]
-    torch.save(checkpoint, tmp_path / "classless.ckpt")
-    assert run("test", "--config", "cnn", "--data.data_dir", str(data_root), "--ckpt_path",
-               str(tmp_path / "classless.ckpt")) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "classless.ckpt: records no model class" in err and "a dense512 model" in err
-    cut = tmp_path / "cut.ckpt"
-    cut.write_bytes((tmp_path / "model.ckpt").read_bytes()[:5000])
-    assert run("test", "--config", "dense512", "--ckpt_path", str(cut)) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"mnist_lit: error: {cut}: not a readable checkpoint") and err.count("\n") == 1
-
-
-def test_two_processes_split_each_epoch(data_root: Path, tmp_path: Path):
-    proc = cli_process("fit", "--config", "tiny_mlp", "--data.data_dir", str(data_root), "--output_dir",
-                       str(tmp_path), "--trainer.max_epochs", "3", "--trainer.strategy", "ddp",
-                       "--trainer.devices", "2", "--trainer.accelerator", "cpu")
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["world_size"] == 2
-    assert metrics["steps"] == 3 * 10  # 640 samples, batch 32: 20 steps an epoch alone, 10 on each of 2 ranks
-    assert metrics["test_samples"] == 200  # the test set split over the ranks, counted once
-    assert metrics["test_acc"] > 0.5
-
-
-def ddp_fit(data_root: Path, out: Path, *extra: str) -> subprocess.Popen:
-    """dense512 (no dropout: a resumed run can match exactly) in two CPU processes, in a session of its own."""
-    return cli_process("fit", "--config", "dense512", "--data.data_dir", str(data_root), "--output_dir", str(out),
-                       "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu", *extra,
-                       own_session=True)
-
-
-def second_rank(proc: subprocess.Popen) -> int:
-    """The process Lightning started for rank 1 (rank 0 is `proc` itself)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
-            try:  # the relaunched command itself, not a short-lived helper process rank 0 may start first
-                if "mnist_lit" in Path(f"/proc/{child}/cmdline").read_text():
-                    return int(child)
-            except OSError:
-                continue
-        time.sleep(0.05)
-    raise AssertionError("rank 1 never started")
-
-
-@pytest.mark.parametrize("who", ["every rank", "rank 1 alone"])
-def test_sigterm_under_ddp_stops_every_rank_in_one_line_and_resumes(who: str, data_root: Path, tmp_path: Path):
-    epochs = ("--trainer.max_epochs", "300")
-    out = tmp_path / "stopped"
-    proc = ddp_fit(data_root, out, *epochs)
-    rank1 = second_rank(proc)
-    try:
-        wait_for(out / "last.ckpt", proc)
-        time.sleep(0.5)  # inside a later epoch
-        if who == "every rank":  # as SLURM and Kubernetes do
-            os.killpg(proc.pid, signal.SIGTERM)
-        else:  # the ranks agree: one rank's SIGTERM stops both, at the same step
-            os.kill(rank1, signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)  # before the fix: a 30-minute hang in a collective, then a traceback
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
-    assert not Path(f"/proc/{rank1}").exists() or "zombie" in Path(f"/proc/{rank1}/status").read_text()
-    assert not (out / "metrics.json").exists(), "the signal came too late to test anything"
-    stops = [line for line in err.splitlines() if "SIGTERM" in line]
-    assert len(stops) == 1 and stops[0].startswith("Stopped by SIGTERM after epoch "), err[-3000:]
-    assert stops[0].endswith("--trainer.accelerator cpu --trainer.max_epochs 300 --ckpt_path last")
-    if who != "every rank":
-        return
-    for folder, *resume in (("stopped", "--ckpt_path", "last"), ("whole",)):  # one after the other: two DDP
-        job = ddp_fit(data_root, tmp_path / folder, *epochs, *resume)  # jobs at once can collide on their port
-        _, err = job.communicate(timeout=300)
-        assert job.returncode == 0, err[-3000:]
-    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))
-    assert (a["steps"], a["test_acc"], a["test_loss"]) == (b["steps"], b["test_acc"], b["test_loss"])
-
-
-def test_damaged_last_checkpoint_names_the_previous_one_which_resumes(data_root: Path, tmp_path: Path, capsys):
-    out = tmp_path / "run"
-    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "2") == 0
-    previous = out / "previous.ckpt"  # last.ckpt's predecessor: epoch 1 of 2
-    assert torch.load(previous, weights_only=True)["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 1
-    (out / "last.ckpt").write_bytes((out / "last.ckpt").read_bytes()[:5000])  # a bad copy, a full disk
-    capsys.readouterr()
-    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "3", "--ckpt_path", "last") == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{out / 'last.ckpt'}: not a readable checkpoint" in err
-    assert err.rstrip().endswith(f"the epoch before it is kept: continue with --ckpt_path {previous}")
-    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "3", "--ckpt_path", str(previous)) == 0
-    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
-
-
-def test_resume_past_max_epochs_is_one_line(data_root: Path, tmp_path: Path, capsys):
-    out = tmp_path / "run"
-    assert fit("dense512", data_root, out, "--trainer.max_epochs", "3") == 0
-    capsys.readouterr()
-    assert fit("dense512", data_root, out, "--trainer.max_epochs", "1", "--ckpt_path", "last") == 1
-    assert capsys.readouterr().err == (f"mnist_lit: error: {out / 'last.ckpt'}: already trained 3 epochs, more than "
-                                       f"--trainer.max_epochs 1; ask for 3 or more to continue it, or evaluate it "
-                                       f"with `test --ckpt_path {out / 'last.ckpt'}`\n")
-
-
+@pytest.mark.slow
 def test_a_second_fit_into_the_same_folder_refuses(data_root: Path, tmp_path: Path, capsys):
     out = tmp_path / "shared"
     first = cli_process("fit", "--config", "cnn", "--data.data_dir", str(data_root), "--output_dir", str(out),
@@ -340,6 +186,7 @@ def file_size_limit(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_is_one_line_and_the_previous_files_stay(data_root: Path, tmp_path: Path):
     out = tmp_path / "run"
     assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "1") == 0

@@ -11,8 +11,7 @@ import torch
 from mnist_lit import report
 from mnist_lit.data import DATASETS
 from mnist_lit.models import TUTORIALS
-from tests.test_cli import fit, run
-from tests.test_models import KERAS_PARAMS
+from tests.helpers import KERAS_PARAMS, fit, run
 
 
 @pytest.mark.parametrize("name", sorted(KERAS_PARAMS))

@@ -24,8 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import write_idx_folder
-from tests.test_cli import REPO, run
+from tests.helpers import REPO, run, write_idx_folder
 
 pytest.importorskip("litserve", reason="serving needs the serve extra: pip install -e '.[serve]'")
 
@@ -183,6 +182,7 @@ def classify_json(model: Path, image: Path) -> dict:
 # ---------------------------------------------------------------- the API
 
 
+@pytest.mark.slow
 def test_predict_answers_as_classify_does(server: Server, models, tmp_path: Path):
     (tmp_path / "one.png").write_bytes(png(stroke_digit()))
     status, answer = predict(server, (tmp_path / "one.png").read_bytes())
@@ -195,6 +195,7 @@ def test_predict_answers_as_classify_does(server: Server, models, tmp_path: Path
     assert answer["probabilities"] == pytest.approx(expected["probabilities"], abs=2e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["RGBA", "CMYK", "I;16", "GIF"])
 def test_unusual_image_modes_are_answered_as_classify_answers_them(mode: str, server: Server, models, tmp_path):
     gray = stroke_digit()
@@ -246,6 +247,7 @@ def assert_refused(status: int, answer, expected_status: int, reason: str) -> No
     assert answer["error"].startswith(reason) and "\n" not in answer["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_FILES))
 def test_a_bad_image_is_a_4xx_with_one_line_and_the_server_goes_on(case: str, server: Server):
     data, expected, reason = BAD_FILES[case]
@@ -253,6 +255,7 @@ def test_a_bad_image_is_a_4xx_with_one_line_and_the_server_goes_on(case: str, se
     assert predict(server, png(stroke_digit()))[0] == 200
 
 
+@pytest.mark.slow
 def test_bad_requests_are_4xx_with_one_line(server: Server):
     how = "send the image file in the multipart form field 'image'"
     assert_refused(*request(server, "POST", "/predict", *form({"photo": ("a.png", png(stroke_digit()))})),
@@ -288,6 +291,7 @@ def send_raw(server: Server, headers: dict[str, str], chunks, raw: bool = False)
     return answer.status, answer.read() if raw else json.loads(answer.read())
 
 
+@pytest.mark.slow
 def test_a_body_over_10_mb_is_413_whether_announced_or_chunked(server: Server):
     body, kind = form({"image": ("big.png", png(stroke_digit()) + b"\0" * (11 << 20))})  # a well-formed form
     pieces = [body[i: i + (1 << 20)] for i in range(0, len(body), 1 << 20)]
@@ -299,6 +303,7 @@ def test_a_body_over_10_mb_is_413_whether_announced_or_chunked(server: Server):
     assert predict(server, png(stroke_digit()))[0] == 200
 
 
+@pytest.mark.slow
 def test_an_image_over_a_megabyte_is_answered(server: Server):
     """Starlette would spool an upload over 1 MB to a temporary file, which cannot travel to the inference
     worker; LitServe keeps uploads in memory, and this checks that it still does."""
@@ -310,6 +315,7 @@ def test_an_image_over_a_megabyte_is_answered(server: Server):
     assert status == 200 and answer["class"] == "1"
 
 
+@pytest.mark.slow
 def test_one_batch_of_good_and_bad_images_answers_each_on_its_own(models):
     """LitServe hands a batch's requests to decode_request one by one, then batch, predict, unbatch and
     encode_response: here with a good image, a bad one and a good one, in this process."""
@@ -336,6 +342,7 @@ def test_one_batch_of_good_and_bad_images_answers_each_on_its_own(models):
     assert json.loads(answers[2].body)["probabilities"] == pytest.approx(good["probabilities"], abs=1e-6)  # inverted
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server: Server):
     """Good and bad images at once: LitServe batches them, and a bad one does not fail its batch."""
     jobs = [png(stroke_digit()) if i % 3 else b"not an image" for i in range(48)]
@@ -345,6 +352,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server: Se
         assert (status, answer.get("class")) == ((200, "1") if i % 3 else (415, None)), answer
 
 
+@pytest.mark.slow
 def test_health_and_the_model_info(server: Server):
     assert request(server, "GET", "/health") == (200, "ok")
     status, info = request(server, "GET", "/info")
@@ -352,6 +360,7 @@ def test_health_and_the_model_info(server: Server):
     assert info["model"]["classes"] == [str(d) for d in range(10)] and info["server"]["workers_per_device"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["ckpt", "pt2", "onnx"])
 def test_every_model_format_serves_the_same_answers(fmt: str, server: Server, models, tmp_path: Path):
     pt = models["dense512"]
@@ -372,6 +381,7 @@ def test_every_model_format_serves_the_same_answers(fmt: str, server: Server, mo
 # ---------------------------------------------------------------- the page
 
 
+@pytest.mark.slow
 def test_the_page_is_self_contained_and_keeps_its_dom_contract(server: Server):
     status, html = request(server, "GET", "/")
     assert status == 200 and isinstance(html, str)
@@ -381,6 +391,7 @@ def test_the_page_is_self_contained_and_keeps_its_dom_contract(server: Server):
     assert '"classes": ["0", "1", "2"' in html
 
 
+@pytest.mark.slow
 def test_a_fashion_model_serves_garment_names(models):
     fashion = Server(models["fashion_mlp"])
     try:
@@ -412,6 +423,7 @@ def test_bad_arguments_and_model_files_are_one_line_before_any_server(tmp_path: 
         assert err.startswith(f"mnist_lit: error: {message}") and err.count("\n") == 1, err
 
 
+@pytest.mark.slow
 def test_a_port_in_use_is_one_line(models, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -422,6 +434,7 @@ def test_a_port_in_use_is_one_line(models, capsys):
     assert err.startswith(f"mnist_lit: error: port {port} on 127.0.0.1: Address already in use; choose another")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGTERM to every process", "Ctrl-C"])
 def test_stopping_the_server_stops_all_its_processes(how: str, models):
     running = Server(models["dense512"], "--workers", "2")
@@ -475,6 +488,7 @@ def draw(driver, pad, points: list[tuple[float, float]], kind: str = "mouse") ->
     actions.perform()
 
 
+@pytest.mark.slow
 def test_drawing_on_the_page_in_a_real_browser(server: Server, tmp_path: Path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

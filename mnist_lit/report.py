@@ -203,12 +203,12 @@ def write_report(folder: Path, model: nn.Module | None = None, images: torch.Ten
 
 def main(argv: list[str]) -> int:
     """`python -m mnist_lit report FOLDER`: redraw the figures of a run from its logged files."""
-    from mnist_lit.data import load_split, locate  # (Lightning with it: not needed for --help)
-
     parser = argparse.ArgumentParser(prog="python -m mnist_lit report", description=main.__doc__.split(": ", 1)[1])
     parser.add_argument("folder", type=Path, help="a run's output folder, e.g. checkpoints/cnn")
     parser.add_argument("--data_dir", default="data", help="where to look for the test images first")
     args = parser.parse_args(argv)
+    from mnist_lit.data import load_split, locate  # Lightning with it: not needed for --help
+
     folder = args.folder
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder")

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import io
 import json
@@ -72,6 +73,7 @@ class DigitAPI(ls.LitAPI if ls else object):
         self.model_path = model
 
     def setup(self, device: str) -> None:
+        die_with_parent()  # LitServe spawns this worker: no fork hook ran here
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; the server stops this one
         self.model, self.meta = load_model(self.model_path)
         torch.set_num_threads(1)  # many small requests: one thread each worker, the HTTP side keeps a core
@@ -254,6 +256,7 @@ def main(argv: list[str]) -> int:
           f"to draw, or POST images to http://{local}:{args.port}/predict. Ctrl-C stops.", flush=True)
     threading.Thread(target=say_when_ready, args=(f"http://{local}:{args.port}/health",), daemon=True).start()
     stop_on_signals()
+    os.register_at_fork(after_in_child=die_with_parent)  # LitServe's HTTP processes, queue manager and broker
     # the objects of torch and the web stack, imported by now, are never garbage: a full collection in the
     # HTTP process would otherwise scan them all, stalling every request under way (docs/benchmarks.md#serving)
     gc.freeze()
@@ -293,6 +296,21 @@ def stop_children() -> None:
         child.join(5)
         if child.is_alive():
             child.kill()
+
+
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+
+
+def die_with_parent() -> None:
+    """In a process the server started: the kernel kills it as soon as the process that started it ends,
+    however that ends (SIGKILL included), so nothing of a killed server goes on serving or holds its port.
+    Linux only; elsewhere nothing."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    if prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() == 1:
+        os._exit(1)  # the parent ended before the request was made: it would never be delivered
 
 
 def stop_on_signals() -> None:

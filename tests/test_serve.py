@@ -452,6 +452,24 @@ def test_stopping_the_server_stops_all_its_processes(how: str, models):
         urllib.request.urlopen(f"{running.url}/health", timeout=2)
 
 
+@pytest.mark.slow
+def test_a_killed_server_leaves_no_process_behind_and_frees_its_port(models):
+    """SIGKILL to the server process alone (the OOM killer, `kill -9`): no handler runs, and LitServe's
+    HTTP process, manager and inference workers once went on serving, orphaned."""
+    running = Server(models["dense512"], "--workers", "2")
+    children = set(running.processes()) - {running.proc.pid}
+    assert len(children) >= 4, running.processes()  # HTTP process, queue manager, broker, 2 inference workers
+    os.kill(running.proc.pid, signal.SIGKILL)
+    running.proc.wait()
+    deadline = time.monotonic() + 10
+    while running.processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running.processes() == {}, "processes of a killed server left running"
+    with socket.socket() as probe:  # the port is free for the next server
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", running.port))
+
+
 # ---------------------------------------------------------------- a real browser
 
 

@@ -18,6 +18,6 @@ test: $(STAMP)
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
 # the five tutorials executed as notebooks, uncut, and written to docs/tutorials/<name>.md with their figures
-# (all five, about N minutes on two cores; `make docs TUTORIALS=cnn` for one)
+# (all five: about 4 minutes on two cores, 2 of them the cnn; `make docs TUTORIALS=cnn` renders one)
 docs: $(STAMP)
 	$(PY) docs/tutorials/render.py $(TUTORIALS)

@@ -140,7 +140,8 @@ Image(filename=str(OUT / "curves.png"))
 
 # %% [markdown]
 # Which garments are mistaken for which: true class in rows, predicted in columns, each class's
-# accuracy on the left (`trainer.test` leaves the counts in `model.confusion_matrix`).
+# accuracy on the left (`trainer.test` leaves the counts in `model.confusion_matrix`). On this page's
+# run shirts are read worst, mostly as T-shirts, pullovers and coats; bags and trousers best.
 
 # %%
 report.plot_confusion(model.confusion_matrix.tolist(), list(dm.classes), OUT / "confusion.png", results["test_acc"])

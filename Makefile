@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test
+.PHONY: train test docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,3 +16,8 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+# the five tutorials executed as notebooks, uncut, and written to docs/tutorials/<name>.md with their figures
+# (all five: about 4 minutes on two cores, 2 of them the cnn; `make docs TUTORIALS=cnn` renders one)
+docs: $(STAMP)
+	$(PY) docs/tutorials/render.py $(TUTORIALS)

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -102,8 +103,7 @@ class MnistCLI(LightningCLI):
         model = settings.get("model")
         asked = model.get("init_args") if hasattr(model, "get") else None
         fitting = self.config.get("subcommand") == "fit"
-        note = model_files.check_start(path, checkpoint, tutorial, asked,
-                                       settings.get("trainer").get("max_epochs") if fitting else None)
+        note = model_files.check_start(path, checkpoint, tutorial, asked, fitting, settings.get("trainer").get("max_epochs"))
         if note and os.environ.get("LOCAL_RANK", "0") == "0":
             print(note, flush=True)
 
@@ -279,3 +279,12 @@ def close_process_group(timeout: float = 60.0) -> None:
     except Exception:  # a rank is gone: closing is all that is left to do
         pass
     dist.destroy_process_group()
+    # Lightning starts the other ranks of a node as this process's children: the command ends with its job,
+    # as a scheduler or a test waiting on it expects, not while a rank is still on its way out
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.05)
+        except ChildProcessError:  # none left
+            return

@@ -125,7 +125,12 @@ def cache_root() -> Path:
     $XDG_CACHE_HOME/mnist_lit, else ~/.cache/mnist_lit. Everything in it is mnist_lit's to replace."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnist_lit"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "mnist_lit"
+    try:
+        return Path.home() / ".cache" / "mnist_lit"
+    except RuntimeError:  # no HOME and no passwd entry (some containers)
+        return Path(tempfile.gettempdir()) / "mnist_lit-cache"
 
 
 def torchvision_root(folder: Path) -> Path:
@@ -274,6 +279,32 @@ def _where_to_get(dataset: str, target: Path) -> str:
     return f"put {_expected_files()} in {target} (or pass --data.data_dir DIR){also}"
 
 
+def _put_new(src: Path, dst: Path) -> None:
+    """`src` at `dst`, unless a file is there already: one with the same bytes (another job's download) is
+    kept, any other is refused rather than replaced."""
+    try:
+        os.link(src, dst)  # never replaces a file of that name
+        return
+    except FileExistsError:
+        if dst.read_bytes() == src.read_bytes():
+            return
+        raise DataError(f"{dst}: a different file of that name is there already; not replaced") from None
+    except OSError:  # a file system without hard links
+        pass
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise DataError(f"{dst}: a different file of that name is there already; not replaced") from None
+    except OSError:
+        if dst.exists():
+            raise DataError(f"{dst}: a file of that name is there already; not replaced") from None
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def download(dataset: str, data_dir: Path, timeout: float = 20.0) -> Path:
     """Fetch with torchvision into a temporary folder, then move the complete .gz files into place, never
     over a file that is there already."""
@@ -289,7 +320,9 @@ def download(dataset: str, data_dir: Path, timeout: float = 20.0) -> Path:
             target.mkdir(exist_ok=True)
             # the .gz files only: torchvision also unpacks them, but the copies it reads live in the cache
             for f in sorted((Path(tmp) / info.folder / "raw").glob("*.gz")):
-                os.link(f, target / f.name)  # fails on a file of that name instead of replacing it
+                _put_new(f, target / f.name)
+    except DataError:
+        raise
     except Exception as e:  # torchvision raises RuntimeError, URLError, socket errors...
         raise DataError(f"{info.folder} not found and the download failed ({e.__class__.__name__}); "
                         f"{_where_to_get(dataset, target)}") from None

@@ -21,6 +21,7 @@ def import_keras(source: str | Path, output: str | Path | None = None, dataset: 
     """Write the run folder of the Keras model in `source`; returns the folder."""
     # Lightning and the data stack, imported here: `import-keras --help` answers without them
     import logging
+    import warnings
 
     import lightning as L
 
@@ -37,8 +38,9 @@ def import_keras(source: str | Path, output: str | Path | None = None, dataset: 
     print(f"{source}: the {model.name} tutorial ({count_params(model.net):,} parameters, "
           f"{model.hparams.dataset} classes)", flush=True)
     datamodule = MNISTDataModule(dataset=model.hparams.dataset, data_dir=data_dir, download=False)
-    try:
-        datamodule.source  # the files at hand only: import-keras never downloads
+    try:  # the files at hand only, checked and read before anything is written: import-keras never downloads
+        datamodule.prepare_data()
+        datamodule.setup("test")
     except UserError as e:
         print(f"Test accuracy not measured: {e}", flush=True)
         checkpoint, scripted = outputs.save_model(out, model, imported_from=source.name)
@@ -47,6 +49,7 @@ def import_keras(source: str | Path, output: str | Path | None = None, dataset: 
         return out
     quiet_lightning()
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no "GPU available"
+    warnings.filterwarnings("ignore", message=r"(?s).*GPU available but not used")  # testing on the CPU is the point
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     outputs.test_and_save(trainer, model, datamodule, out, imported_from=source.name)

@@ -135,11 +135,12 @@ def read_last(last: Path, previous: Path) -> dict[str, Any]:
 
 
 def check_start(path: Path | str, checkpoint: dict[str, Any], tutorial: str | None, asked: dict[str, Any] | None,
-                max_epochs: int | None) -> str | None:
+                fitting: bool, max_epochs: int | None) -> str | None:
     """Whether a run may start from `checkpoint` (`--ckpt_path`): one-line refusals, or the note to print.
 
-    `tutorial` and `asked` are the config's tutorial and model arguments, `max_epochs` the Trainer's for a
-    fit (None for test, validate and predict, which read only the weights).
+    `tutorial` and `asked` are the config's tutorial and model arguments; `fitting` says the run trains
+    (test, validate and predict read only the weights; a fit needs the training state that last.ckpt holds
+    and model.ckpt does not), up to the Trainer's `max_epochs`.
     - A checkpoint of another tutorial is refused: Lightning would quietly rebuild the checkpoint's model
       instead, and train it into the config's output folder.
     - A fit that already trained more epochs than `max_epochs` asks for is refused (one whose last epoch
@@ -148,11 +149,14 @@ def check_start(path: Path | str, checkpoint: dict[str, Any], tutorial: str | No
       the config says: the note names each value that changes that way.
     """
     held = checkpoint["mnist_lit"].get("tutorial")
+    if fitting and "optimizer_states" not in checkpoint:  # model.ckpt: the tested weights alone
+        raise UserError(f"{path}: holds the tested weights only, no training state to resume; resume from "
+                        f"last.ckpt, or start a new fit from these weights with --model.init_args.weights {path}")
     if tutorial and held != tutorial:
         raise UserError(f"{path}: holds the {held} tutorial, but the config is {tutorial}'s; use --config {held}, "
                         "or another checkpoint")
     done = finished_epochs(checkpoint)
-    if done is not None and max_epochs not in (None, -1) and done > max_epochs:
+    if fitting and done is not None and max_epochs not in (None, -1) and done > max_epochs:
         raise UserError(f"{path}: already trained {done} epochs, more than --trainer.max_epochs {max_epochs}; "
                         f"ask for {done} or more to continue it, or evaluate it with `test --ckpt_path {path}`")
     changed = [f"{k} {v!r} (not {asked.get(k)!r})" for k, v in checkpoint.get("hyper_parameters", {}).items()

@@ -71,9 +71,11 @@ class DigitAPI(ls.LitAPI if ls else object):
     def __init__(self, model: str, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
         self.model_path = model
+        self.server_pid = os.getpid()  # built in the server process; set up in the workers LitServe spawns
 
     def setup(self, device: str) -> None:
-        die_with_parent()  # LitServe spawns this worker: no fork hook ran here
+        if os.getpid() != self.server_pid:  # a worker LitServe spawned: no fork hook ran here
+            die_with_parent(self.server_pid)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; the server stops this one
         self.model, self.meta = load_model(self.model_path)
         torch.set_num_threads(1)  # many small requests: one thread each worker, the HTTP side keeps a core
@@ -256,7 +258,8 @@ def main(argv: list[str]) -> int:
           f"to draw, or POST images to http://{local}:{args.port}/predict. Ctrl-C stops.", flush=True)
     threading.Thread(target=say_when_ready, args=(f"http://{local}:{args.port}/health",), daemon=True).start()
     stop_on_signals()
-    os.register_at_fork(after_in_child=die_with_parent)  # LitServe's HTTP processes, queue manager and broker
+    # LitServe's HTTP processes, queue manager and broker are forked: each dies with the process that forked it
+    os.register_at_fork(before=note_forking_process, after_in_child=lambda: die_with_parent(FORKING[0]))
     # the objects of torch and the web stack, imported by now, are never garbage: a full collection in the
     # HTTP process would otherwise scan them all, stalling every request under way (docs/benchmarks.md#serving)
     gc.freeze()
@@ -299,17 +302,22 @@ def stop_children() -> None:
 
 
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+FORKING = [0]  # the process about to fork, noted in it just before
 
 
-def die_with_parent() -> None:
-    """In a process the server started: the kernel kills it as soon as the process that started it ends,
-    however that ends (SIGKILL included), so nothing of a killed server goes on serving or holds its port.
-    Linux only; elsewhere nothing."""
+def note_forking_process() -> None:
+    FORKING[0] = os.getpid()
+
+
+def die_with_parent(parent: int) -> None:
+    """In a process the server started: the kernel kills it as soon as `parent`, the process that started
+    it, ends, however that ends (SIGKILL included), so nothing of a killed server goes on serving or holds
+    its port. Linux only; elsewhere nothing."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return
-    if prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() == 1:
+    if prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() != parent:
         os._exit(1)  # the parent ended before the request was made: it would never be delivered
 
 

@@ -159,6 +159,21 @@ def test_a_download_says_so_and_writes_only_new_files(tmp_path: Path, monkeypatc
     assert not list((tmp_path / "d").glob(".download-*")), "temporary download folder left behind"
 
 
+def test_a_download_keeps_a_file_another_job_fetched_and_refuses_a_different_one(tmp_path: Path):
+    """Moving a fetched file into place never replaces a file: the same bytes are kept, others refused."""
+    raw = write_idx_folder(tmp_path / "fetched")
+    same = tmp_path / "d" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    same.parent.mkdir(parents=True)
+    same.write_bytes((raw / same.name).read_bytes())  # another job's download, a moment earlier
+    data._put_new(raw / same.name, same)  # the same bytes: kept, no error
+    other = tmp_path / "e" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"the user's own")
+    with pytest.raises(DataError, match="a different file of that name is there already; not replaced"):
+        data._put_new(raw / other.name, other)
+    assert other.read_bytes() == b"the user's own"
+
+
 def test_offline_download_fails_in_one_line(tmp_path: Path, no_download, nothing_shipped):
     with pytest.raises(DataError) as e:
         locate("fashion_mnist", tmp_path / "d")

@@ -82,6 +82,16 @@ def test_without_test_data_it_still_imports_and_says_so(tmp_path: Path, capsys, 
     assert torch.load(out / "model.ckpt", weights_only=True)["mnist_lit"]["dataset"] == "fashion_mnist"
 
 
+def test_damaged_test_data_still_imports_and_says_so(data_root: Path, tmp_path: Path, capsys):
+    bad = data_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:300])
+    out = tmp_path / "out"
+    assert run("import-keras", str(KERAS / "dense512.keras"), "--output", str(out), "--data_dir", str(data_root)) == 0
+    printed = capsys.readouterr().out
+    assert f"Test accuracy not measured: {bad}: truncated gzip stream" in printed
+    assert (out / "model.ckpt").is_file() and (out / "model.pt").is_file() and not (out / "metrics.json").exists()
+
+
 def test_default_output_folder_is_named_for_the_tutorial(data_root: Path, tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run("import-keras", str(KERAS / "tiny_mlp.h5"), "--data_dir", str(data_root)) == 0

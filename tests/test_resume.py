@@ -111,3 +111,17 @@ def test_truncated_and_foreign_checkpoints(data_root: Path, tmp_path: Path, caps
     assert run("test", "--config", "dense512", "--ckpt_path", str(cut)) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"mnist_lit: error: {cut}: not a readable checkpoint") and err.count("\n") == 1
+
+
+def test_fit_from_the_tested_weights_alone_is_one_line_naming_what_to_do(data_root: Path, tmp_path: Path, capsys):
+    """model.ckpt holds no optimizer state: a fit cannot resume from it (Lightning stopped with a KeyError
+    traceback); it can start from its weights."""
+    assert fit("dense512", data_root, tmp_path, "--trainer.max_epochs", "1") == 0
+    capsys.readouterr()
+    assert fit("dense512", data_root, tmp_path / "again", "--trainer.max_epochs", "2",
+               "--ckpt_path", str(tmp_path / "model.ckpt")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the tested weights only, no training state to resume" in err
+    assert f"--model.init_args.weights {tmp_path / 'model.ckpt'}" in err and not (tmp_path / "again").exists()
+    assert fit("dense512", data_root, tmp_path / "again", "--trainer.max_epochs", "1",
+               "--model.init_args.weights", str(tmp_path / "model.ckpt")) == 0

@@ -115,3 +115,13 @@ def test_worst_mistakes_are_wrong_and_most_confident_first():
     idx, predicted, confidence = report.worst_mistakes(net, images, labels, k=10)
     assert len(idx) == 10 and bool((predicted != labels[idx]).all())
     assert confidence.tolist() == sorted(confidence.tolist(), reverse=True)
+
+
+def test_an_image_grid_is_written_as_a_png_with_its_titles(tmp_path: Path):
+    from PIL import Image
+
+    images = torch.arange(5, dtype=torch.uint8).mul(50).view(5, 1, 1, 1).expand(5, 1, 28, 28)
+    path = report.plot_images(images, [f"#{k}" for k in range(5)], tmp_path / "grid.png", wrong=[3], cols=3)
+    assert path == tmp_path / "grid.png"
+    with Image.open(path) as png:  # 3 columns, 2 rows of 1.3 x 1.5 inches at 80 dpi
+        assert png.format == "PNG" and png.size == (round(3 * 1.3 * 80), round(2 * 1.5 * 80))

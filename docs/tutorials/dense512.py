@@ -13,13 +13,11 @@
 # recipe runs in full.
 
 # %%
-import math
 import os
 from pathlib import Path
 
 import lightning as L
 from IPython.display import Image, display
-from matplotlib.figure import Figure
 
 from mnist_lit import report
 from mnist_lit.callbacks import EpochLine, RunRecorder, quiet_lightning
@@ -33,18 +31,8 @@ quiet_lightning()  # the Lightning tips and warnings the CLI silences too
 L.seed_everything(0)  # the CLI's default seed, so this run starts where `fit --config dense512` does
 
 
-def show_images(images, titles, name, wrong=(), cols=8):
-    """uint8 images (N x 1 x 28 x 28) in a grid, each under its title (red where `wrong`); saved as
-    OUT/name and shown. (A matplotlib Figure without pyplot: nothing else draws it a second time.)"""
-    rows = math.ceil(len(images) / cols)
-    fig = Figure(figsize=(1.3 * cols, 1.5 * rows), layout="constrained")
-    for k, ax in enumerate(fig.subplots(rows, cols, squeeze=False).flat):
-        ax.axis("off")
-        if k < len(images):
-            ax.imshow(images[k, 0], cmap="gray")
-            ax.set_title(titles[k], fontsize=9, color="red" if k in wrong else "black")
-    fig.savefig(OUT / name, dpi=80)
-    display(Image(filename=str(OUT / name)))
+def show(path):  # a figure mnist_lit wrote, shown in the notebook
+    display(Image(filename=str(path)))
 
 
 # %% [markdown]
@@ -63,7 +51,7 @@ dm.setup("fit")
 loader = dm.train_dataloader()
 images, labels = next(iter(loader))  # one shuffled batch, as training will see it
 print(f"{len(loader)} batches of {dm.hparams.batch_size}; one batch: {tuple(images.shape)} {images.dtype}")
-show_images(images[:16], [str(int(y)) for y in labels[:16]], "train_images.png")
+show(report.plot_images(images[:16], [str(int(y)) for y in labels[:16]], OUT / "train_images.png"))
 
 # %% [markdown]
 # ## 2. Build the network
@@ -151,5 +139,5 @@ Image(filename=str(OUT / "confusion.png"))
 # %%
 test_images, test_labels = dm.test_set()
 predicted = report.predict_probs(model.net, test_images[:16]).argmax(1)
-show_images(test_images[:16], [f"{p} (true {t})" for p, t in zip(predicted.tolist(), test_labels.tolist())],
-            "predictions.png", wrong=[k for k in range(16) if predicted[k] != test_labels[k]])
+show(report.plot_images(test_images[:16], [f"{p} (true {t})" for p, t in zip(predicted.tolist(), test_labels.tolist())],
+                        OUT / "predictions.png", wrong=[k for k in range(16) if predicted[k] != test_labels[k]]))

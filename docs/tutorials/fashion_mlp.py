@@ -16,7 +16,6 @@
 # recipe runs in full.
 
 # %%
-import math
 import os
 from pathlib import Path
 
@@ -36,18 +35,8 @@ quiet_lightning()  # the Lightning tips and warnings the CLI silences too
 L.seed_everything(0)  # the CLI's default seed, so this run starts where `fit --config fashion_mlp` does
 
 
-def show_images(images, titles, name, wrong=(), cols=8):
-    """uint8 images (N x 1 x 28 x 28) in a grid, each under its title (red where `wrong`); saved as
-    OUT/name and shown. (A matplotlib Figure without pyplot: nothing else draws it a second time.)"""
-    rows = math.ceil(len(images) / cols)
-    fig = Figure(figsize=(1.5 * cols, 1.6 * rows), layout="constrained")
-    for k, ax in enumerate(fig.subplots(rows, cols, squeeze=False).flat):
-        ax.axis("off")
-        if k < len(images):
-            ax.imshow(images[k, 0], cmap="gray")
-            ax.set_title(titles[k], fontsize=8, color="red" if k in wrong else "black")
-    fig.savefig(OUT / name, dpi=80)
-    display(Image(filename=str(OUT / name)))
+def show(path):  # a figure mnist_lit wrote, shown in the notebook
+    display(Image(filename=str(path)))
 
 
 # %% [markdown]
@@ -81,7 +70,7 @@ Image(filename=str(OUT / "one_image.png"))
 
 # %%
 images, labels = next(iter(dm.train_dataloader()))  # one shuffled batch, as training will see it
-show_images(images[:24], [dm.classes[int(y)] for y in labels[:24]], "train_images.png")
+show(report.plot_images(images[:24], [dm.classes[int(y)] for y in labels[:24]], OUT / "train_images.png", size=(1.5, 1.6), fontsize=8))
 
 # %% [markdown]
 # ## 2. Build the network

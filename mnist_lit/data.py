@@ -168,7 +168,7 @@ def _raw_copy(src: Path, dst: Path) -> Path:
         if src.suffix != ".gz":
             os.symlink(target, tmp)
         else:
-            _decompress(src, tmp, dst.parent)
+            _decompress(src, tmp)
             os.utime(tmp, ns=(stamp, stamp))
         os.replace(tmp, dst)
     except OSError as e:
@@ -179,7 +179,7 @@ def _raw_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _decompress(src: Path, tmp: Path, folder: Path) -> None:
+def _decompress(src: Path, tmp: Path) -> None:
     with open(tmp, "wb") as fout:
         try:
             with gzip.open(src, "rb") as fin:
@@ -286,23 +286,18 @@ def _put_new(src: Path, dst: Path) -> None:
         os.link(src, dst)  # never replaces a file of that name
         return
     except FileExistsError:
-        if dst.read_bytes() == src.read_bytes():
-            return
-        raise DataError(f"{dst}: a different file of that name is there already; not replaced") from None
-    except OSError:  # a file system without hard links
         pass
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp)
-    try:
-        os.link(tmp, dst)
-    except FileExistsError:
-        raise DataError(f"{dst}: a different file of that name is there already; not replaced") from None
-    except OSError:
-        if dst.exists():
-            raise DataError(f"{dst}: a file of that name is there already; not replaced") from None
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except OSError:  # a file system without hard links: a copy, renamed into place while the name is free
+        if not dst.exists():
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+            try:
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dst)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return
+    if dst.read_bytes() != src.read_bytes():
+        raise DataError(f"{dst}: a different file of that name is there already; not replaced")
 
 
 def download(dataset: str, data_dir: Path, timeout: float = 20.0) -> Path:

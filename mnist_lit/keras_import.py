@@ -43,9 +43,7 @@ def import_keras(source: str | Path, output: str | Path | None = None, dataset: 
         datamodule.setup("test")
     except UserError as e:
         print(f"Test accuracy not measured: {e}", flush=True)
-        checkpoint, scripted = outputs.save_model(out, model, imported_from=source.name)
-        print(f"Saved {checkpoint}", flush=True)
-        print(f"TorchScript model for torch.jit.load: {scripted}", flush=True)
+        outputs.save_untested(out, model, imported_from=source.name)
         return out
     quiet_lightning()
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no "GPU available"

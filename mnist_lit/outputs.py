@@ -120,6 +120,17 @@ def save_model(out: Path, model: Tutorial, epoch: int = 0, global_step: int = 0,
     return out / "model.ckpt", export.export(out / "model.ckpt", "torchscript", out / "model.pt")
 
 
+def _say_scripted(path: Path) -> None:
+    print(f"TorchScript model for torch.jit.load: {path}", flush=True)
+
+
+def save_untested(out: Path, model: Tutorial, **meta: Any) -> None:
+    """model.ckpt and model.pt alone, with their lines: weights that could not be tested here."""
+    checkpoint, scripted = save_model(out, model, **meta)
+    print(f"Saved {checkpoint}", flush=True)
+    _say_scripted(scripted)
+
+
 def test_and_save(trainer: L.Trainer, model: Tutorial, datamodule: MNISTDataModule, out: Path, **meta: Any) -> None:
     """Keras' `evaluate` after `fit`: test the final weights, then (on rank 0) write what the run leaves.
 
@@ -136,4 +147,4 @@ def test_and_save(trainer: L.Trainer, model: Tutorial, datamodule: MNISTDataModu
     images, labels = datamodule.test_set()
     figures = report.write_report(out, copy.deepcopy(model.net).cpu(), images, labels)
     print("Figures: " + ", ".join(str(p) for p in figures), flush=True)
-    print(f"TorchScript model for torch.jit.load: {scripted}", flush=True)
+    _say_scripted(scripted)

@@ -43,8 +43,10 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
+from torch.func import functional_call, grad_and_value
 
 from mnist_lit.errors import UserError
+from mnist_lit.optim import Update, functional_update
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -57,6 +59,15 @@ PRIVATE_STEP_COUNTER = ("_on_before_step", "_on_after_step")
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 # with steps_per_execution 0, a group holds about this many samples
 GROUP_SAMPLES = 1024
+# A training step whose forward pass takes fewer multiply-adds than this runs on one intra-op thread:
+# its few dozen small kernels each cost less than waking a second thread for them
+# (docs/benchmarks.md#small-steps-one-thread-and-one-compiled-program)
+ONE_THREAD_MACS = 10_000_000
+# the automatic choice compiles whole steps only for fits at least this long, which earn the compile back
+COMPILE_PAYS_STEPS = 10_000
+# the layers a compiled whole step was measured faster for; the cnn's convolutions and pooling were
+# slower compiled (docs/benchmarks.md#the-cnn-against-keras-what-was-tried)
+COMPILED_LAYERS = (nn.Sequential, nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout, nn.Identity)
 
 
 class TrainingDiverged(UserError):
@@ -103,6 +114,43 @@ def direct_steps_possible(trainer: L.Trainer, module: L.LightningModule) -> bool
         is_overridden(h, cb, L.Callback) for cb in trainer.callbacks for h in STEP_HOOKS)
     return (type(trainer.strategy) is SingleDeviceStrategy and plain_precision
             and isinstance(trainer.profiler, PassThroughProfiler) and not hooked)
+
+
+def forward_macs(net: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-adds of the Linear and Conv2d layers in one forward pass of the batch `x`."""
+    total = 0
+
+    def add(module: nn.Module, inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += output.numel() * module.in_features
+        else:
+            kh, kw = module.kernel_size
+            total += output.numel() * module.in_channels // module.groups * kh * kw
+    hooks = [m.register_forward_hook(add) for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            net(x[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total * len(x)
+
+
+def fit_steps(trainer: L.Trainer) -> float:
+    """Optimizer steps the fit will take at most (inf for a fit without an end)."""
+    if trainer.max_steps > 0:
+        return trainer.max_steps
+    epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else math.inf
+    return steps_per_epoch(trainer) * epochs
+
+
+def whole_steps_wanted(choice: bool | None, net: nn.Module, steps: float, on_cpu: bool) -> bool:
+    """The automatic choice (`choice` None): compile whole steps on the CPU, for networks made only of
+    COMPILED_LAYERS, in fits of at least COMPILE_PAYS_STEPS steps. True or False is the user's."""
+    if choice is not None:
+        return choice
+    return on_cpu and steps >= COMPILE_PAYS_STEPS and all(isinstance(m, COMPILED_LAYERS) for m in net.modules())
 
 
 def steps_per_epoch(trainer: L.Trainer) -> int | float:
@@ -170,6 +218,54 @@ def pool_before_relu(net: nn.Module) -> nn.Module:
     return nn.Sequential(*modules) if swapped else net
 
 
+# ---------------------------------------------------------------- one compiled program a step
+
+
+class WholeStep:
+    """Forward, loss, backward and the optimizer's update of one batch as a single `torch.compile` program.
+
+    torch.func differentiates a functional call of the network, and the update is the optimizer's own
+    arithmetic written as tensor ops (`optim.functional_update`), writing into the optimizer's state, so
+    an eager step, a checkpoint or a resume sees the same optimizer. Batches of the first batch's shape
+    run compiled; another shape (an epoch's short last batch) runs eagerly rather than compile again.
+    """
+
+    def __init__(self, module: Engine, net: nn.Module, optimizer: torch.optim.Optimizer, update: Update) -> None:
+        names = {id(p): name for name, p in net.named_parameters()}
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.names = [names[id(p)] for p in self.params]
+        self.module, self.net, self.update = module, net, update
+        self.shape: torch.Size | None = None
+        self.program = torch.compile(self._step, fullgraph=True, dynamic=False)
+
+    @classmethod
+    def build(cls, module: Engine, optimizer: torch.optim.Optimizer) -> WholeStep | None:
+        """None when the optimizer, or a parameter outside the network, is not covered."""
+        net = pool_before_relu(module.net)
+        update = functional_update(optimizer)
+        in_net = {id(p) for p in net.parameters()}
+        if update is None or any(id(p) not in in_net for g in optimizer.param_groups for p in g["params"]):
+            return None
+        return cls(module, net, optimizer, update)
+
+    def takes(self, x: torch.Tensor) -> bool:
+        if self.shape is None:
+            self.shape = x.shape
+        return x.shape == self.shape
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def loss_of(weights: list[torch.Tensor]):
+            logits = functional_call(self.net, dict(zip(self.names, weights)), (x,))
+            return self.module.loss_and_stats(logits, y)
+        grads, (loss, stats) = grad_and_value(loss_of, has_aux=True)([p.detach() for p in self.params])
+        with torch.no_grad():
+            self.update(grads)
+        return loss.detach(), stats
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.program(x, y)
+
+
 # ---------------------------------------------------------------- the module
 
 
@@ -197,9 +293,23 @@ class Engine(L.LightningModule):
         self._direct_steps = False  # per fit, set in on_train_start
         self._channels_last = False  # set in setup, once the device is known
         self._nvml_check: str | None = None  # Lightning's NVML setting before a fit, put back after it
+        self._planned = False  # per fit: threads and whole steps are chosen at its first training batch
+        self._threads: int | None = None
+        self._whole: WholeStep | None = None
+
+    def loss_and_stats(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss and a tensor of sums for the epoch, without side effects."""
+        raise NotImplementedError
+
+    def count(self, stage: str, stats: torch.Tensor, samples: int) -> None:
+        """Add a batch's `loss_and_stats` sums to the epoch's."""
+        raise NotImplementedError
 
     def train_loss(self, batch: Batch) -> torch.Tensor:
-        raise NotImplementedError
+        x, y = batch
+        loss, stats = self.loss_and_stats(self.run_net(x), y)
+        self.count("train", stats, y.numel())
+        return loss
 
     # ------------------------------------------------------------ device settings
 
@@ -233,10 +343,11 @@ class Engine(L.LightningModule):
     def on_exception(self, exception: BaseException) -> None:  # Lightning skips teardown after an exception
         self.teardown("fit")
 
+    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self._channels_last and x.dim() == 4 else x
+
     def run_net(self, x: torch.Tensor) -> torch.Tensor:
-        if self._channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return getattr(self, "_running", self.net)(x)
+        return getattr(self, "_running", self.net)(self._memory_format(x))
 
     # ------------------------------------------------------------ steps
 
@@ -251,6 +362,28 @@ class Engine(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._direct_steps = not self.automatic_optimization and direct_steps_possible(self.trainer, self)
+        self._planned, self._threads, self._whole = False, None, None
+        if self.automatic_optimization and self.hparams.get("compiled_steps"):
+            raise UserError(f"{type(self).__name__}: compiled_steps=True cannot run with gradient_clip_val or "
+                            "accumulate_grad_batches, which need Lightning's own training loop; drop one of them")
+
+    def _plan(self, x: torch.Tensor) -> None:
+        """Threads and whole steps for this fit, from its first training batch (module docstring)."""
+        self._planned = True
+        on_cpu = x.device.type == "cpu"
+        if on_cpu and "OMP_NUM_THREADS" not in os.environ and forward_macs(self.net, x) < ONE_THREAD_MACS:
+            self._threads = 1
+        choice = self.hparams.get("compiled_steps")
+        if not whole_steps_wanted(choice, self.net, fit_steps(self.trainer), on_cpu):
+            return
+        precision_plain = type(self.trainer.precision_plugin) is Precision
+        optimizer = self.optimizers().optimizer
+        whole = WholeStep.build(self, optimizer) if self._direct_steps and precision_plain else None
+        if whole is None and choice:
+            raise UserError(f"{type(self).__name__}: compiled_steps=True needs one device, full precision, no "
+                            f"step hooks and a Keras optimizer (got {type(optimizer).__name__}); drop it to let "
+                            "mnist_lit choose")
+        self._whole = whole
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         if self._trainer is None or self.automatic_optimization:  # Lightning's loop does backward and step
@@ -258,21 +391,42 @@ class Engine(L.LightningModule):
             if self._trainer is not None:
                 self.check_finite([loss.detach()], self.trainer.global_step)
             return loss
+        micros = batch if is_group(batch) else [batch]
+        if not self._planned:
+            self._plan(micros[0][0])
+        threads = torch.get_num_threads()
+        if self._threads is None or self._threads == threads:
+            return self._manual_steps(micros)
+        torch.set_num_threads(self._threads)
+        try:
+            return self._manual_steps(micros)
+        finally:
+            torch.set_num_threads(threads)  # validation and test batches are larger: all threads again
+
+    def _manual_steps(self, micros: list[Batch]) -> torch.Tensor:
         first_step = self.trainer.global_step
         optimizer = self.optimizers()
         max_steps = self.trainer.max_steps
         budget = max_steps - first_step if max_steps > 0 else None
         losses = []
-        for micro in batch if is_group(batch) else [batch]:
+        whole = self._whole
+        for micro in micros:
             if budget is not None and len(losses) >= budget:
                 break
-            loss = self.train_loss(micro)
-            if self._direct_steps:
-                _direct_step(optimizer, loss)
+            x, y = micro
+            if whole is not None and whole.takes(x):
+                optimizer._on_before_step()  # counted as `_direct_step` counts its steps
+                loss, stats = whole(self._memory_format(x), y)
+                optimizer._on_after_step()
+                self.count("train", stats, y.numel())
             else:
-                optimizer.zero_grad()
-                self.manual_backward(loss)
-                optimizer.step()  # counts the step and applies precision plugins and hooks
+                loss = self.train_loss(micro)
+                if self._direct_steps:
+                    _direct_step(optimizer, loss)
+                else:
+                    optimizer.zero_grad()
+                    self.manual_backward(loss)
+                    optimizer.step()  # counts the step and applies precision plugins and hooks
             losses.append(loss.detach())
         self.check_finite(losses, first_step)
         return loss

@@ -23,7 +23,7 @@ Plain SGD is the same in both. `tests/test_keras_parity.py` checks all three aga
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -75,3 +75,57 @@ class KerasAdam(torch.optim.Adam):
             t = float(state["step"]) + 1 if state else 1.0  # the step about to be taken (a CPU tensor: no sync)
             group["eps"] = self.keras_eps / math.sqrt(1 - group["betas"][1] ** t)
         return super().step(closure)
+
+
+# ---------------------------------------------------------------- the same updates as plain tensor ops
+
+Update = Callable[[list[torch.Tensor]], None]
+
+
+def functional_update(optimizer: torch.optim.Optimizer) -> Update | None:
+    """`optimizer.step()` written as tensor ops on gradients given in the order of its parameters, so
+    that a compiled training step can hold it (mnist_lit/engine.py). It reads and writes the optimizer's
+    own state tensors, created here as the optimizer itself would, so checkpoints, resumes and eager steps
+    mix freely with it. None for an optimizer or a setting it does not cover."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(optimizer.param_groups) != 1 or not params:
+        return None
+    group, state = optimizer.param_groups[0], optimizer.state
+    lr = group["lr"]
+    if type(optimizer) is KerasAdam and group["weight_decay"] == 0 and not (group["amsgrad"] or group["maximize"]):
+        (b1, b2), eps = group["betas"], optimizer.keras_eps
+        for p in params:
+            if not state[p]:  # as torch.optim.Adam starts a parameter's state
+                state[p].update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                                exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
+        steps = [state[p]["step"] for p in params]
+        moments = [(state[p]["exp_avg"], state[p]["exp_avg_sq"]) for p in params]
+
+        def adam(grads: list[torch.Tensor]) -> None:
+            for p, g, step, (m, v) in zip(params, grads, steps, moments):
+                step += 1
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                # Keras' arithmetic, as in the module docstring
+                p.sub_(lr * (1 - b2 ** step).sqrt() / (1 - b1 ** step) * m / (v.sqrt() + eps))
+        return adam
+    if type(optimizer) is KerasRMSprop:
+        rho, eps = group["rho"], group["eps"]
+        for p in params:
+            if not state[p]:
+                state[p]["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        velocities = [state[p]["velocity"] for p in params]
+
+        def rmsprop(grads: list[torch.Tensor]) -> None:
+            for p, g, v in zip(params, grads, velocities):
+                v.mul_(rho).addcmul_(g, g, value=1 - rho)
+                p.addcdiv_(g, (v + eps).sqrt(), value=-lr)
+        return rmsprop
+    plain = not (group["momentum"] or group["weight_decay"] or group["nesterov"] or group["maximize"]) \
+        if type(optimizer) is torch.optim.SGD else False
+    if plain:
+        def sgd(grads: list[torch.Tensor]) -> None:
+            for p, g in zip(params, grads):
+                p.sub_(g, alpha=lr)
+        return sgd
+    return None

@@ -261,3 +261,68 @@ def test_gradient_clipping_and_accumulation_train(data_root: Path, tmp_path: Pat
     assert metrics["steps"] == 10 == len(spy.updates)  # 20 batches, one update per two
     assert max(spy.norms_before_clip) > 0.1  # there was something to clip...
     assert len(spy.norms_used) >= 9 and max(spy.norms_used) <= 0.05 * (1 + 1e-5)  # ...and the updates used it clipped
+
+
+# ---------------------------------------------------------------- small steps: one thread, one compiled program
+
+
+def test_the_size_rules_choose_what_was_measured_faster():
+    from mnist_lit.models import CNN, Dense512, TinyMLP
+
+    x = torch.zeros(128, 1, 28, 28)
+    assert engine.forward_macs(Dense512().net, x) == 128 * (784 * 512 + 512 * 10)
+    assert engine.forward_macs(TinyMLP().net, x[:32]) < engine.ONE_THREAD_MACS < engine.forward_macs(Dense512().net, x)
+    tiny, cnn = TinyMLP().net, CNN().net
+    assert engine.whole_steps_wanted(None, tiny, 37_500, on_cpu=True)  # tiny_mlp's 20 epochs of batch 32
+    assert not engine.whole_steps_wanted(None, tiny, 2_000, on_cpu=True)  # too short to earn its compile
+    assert not engine.whole_steps_wanted(None, tiny, 37_500, on_cpu=False)  # not measured on GPUs
+    assert not engine.whole_steps_wanted(None, cnn, 4_690, on_cpu=True)  # convolutions: slower compiled
+    assert engine.whole_steps_wanted(True, cnn, 3, on_cpu=False) and not engine.whole_steps_wanted(False, tiny, 1e6, True)
+
+
+class StepSpy(Callback):
+    """Per fit: whether steps ran as one compiled program, and the intra-op threads a training step saw."""
+    seen: list[tuple[bool, int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx == 0:
+            type(self).seen.append((pl_module._whole is not None, pl_module._threads))
+
+
+def weights_after(data_root: Path, out: Path, *extra: str) -> list[torch.Tensor]:
+    StepSpy.seen.clear()
+    threads = torch.get_num_threads()
+    assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "2", "--trainer.callbacks+=tests.test_engine.StepSpy",
+               *extra) == 0
+    assert torch.get_num_threads() == threads  # training steps' one thread is not left behind
+    return list(torch.load(out / "model.ckpt", weights_only=True)["state_dict"].values())
+
+
+def test_compiled_whole_steps_make_the_eager_updates_and_keep_dropout_random(data_root: Path, tmp_path: Path):
+    """20 steps an epoch of batch 32, 2 epochs: compiled and eager steps end at the same weights (no dropout);
+    with dropout the compiled fit repeats itself under the same seed and differs under another."""
+    eager = weights_after(data_root, tmp_path / "eager", "--model.init_args.dropout", "0")
+    assert StepSpy.seen == [(False, 1)] * 2  # a short fit: not worth a compile; a small step: one thread
+    compiled = weights_after(data_root, tmp_path / "compiled", "--model.init_args.dropout", "0",
+                             "--model.init_args.compiled_steps", "true")
+    assert StepSpy.seen == [(True, 1)] * 2
+    assert max(float((a - b).abs().max()) for a, b in zip(eager, compiled)) < 1e-5
+    runs = [weights_after(data_root, tmp_path / f"drop{i}", "--model.init_args.compiled_steps", "true",
+                          "--seed_everything", str(seed)) for i, seed in enumerate((0, 0, 1))]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
+    # the dropout mask was on: the same seed without dropout ends elsewhere
+    assert max(float((a - b).abs().max()) for a, b in zip(runs[0], compiled)) > 1e-3
+    # the optimizer state a compiled fit saves is the one eager steps keep: a resume may take either path
+    states = [torch.load(tmp_path / n / "last.ckpt", weights_only=True)["optimizer_states"][0]["state"]
+              for n in ("eager", "compiled")]
+    assert [sorted(s) for s in states[0].values()] == [sorted(s) for s in states[1].values()]
+    assert float(states[1][0]["step"]) == 40
+
+
+def test_compiled_steps_where_they_cannot_run_is_one_line(data_root: Path, tmp_path: Path, capsys):
+    code = fit("tiny_mlp", data_root, tmp_path, "--trainer.max_epochs", "1", "--model.init_args.compiled_steps", "true",
+               "--trainer.gradient_clip_val", "0.5")
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "compiled_steps" in err[0] and "gradient_clip_val" in err[0]

@@ -47,7 +47,7 @@ def batch_as_data_folder(trace, name: str, root: Path) -> Path:
     return root
 
 
-def fit_three_steps(name: str, tmp_path: Path) -> tuple[StepRecorder, dict]:
+def fit_three_steps(name: str, tmp_path: Path, *extra: str) -> tuple[StepRecorder, dict]:
     trace = dict(np.load(KERAS / f"{name}.trace.npz"))
     root = batch_as_data_folder(trace, name, tmp_path / "data")
     recorder = StepRecorder()
@@ -56,6 +56,7 @@ def fit_three_steps(name: str, tmp_path: Path) -> tuple[StepRecorder, dict]:
             "--trainer.max_epochs", "3", "--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false"]
     if name == "tiny_mlp":
         args += ["--model.init_args.dropout", "0"]  # Keras took its steps at rate 0 (its masks are its own)
+    args += extra
     quiet_lightning()
     MnistCLI(args=args, trainer_defaults={"callbacks": [recorder]})
     return recorder, trace
@@ -88,6 +89,15 @@ def test_three_steps_reproduce_keras(name: str, tmp_path: Path):
     loss_diff, weight_diff = largest_difference(recorder, trace)
     assert loss_diff < TOLERANCE, f"losses {recorder.losses} vs Keras {[float(trace[f'loss{k}']) for k in (1, 2, 3)]}"
     assert weight_diff < TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["dense512", "fashion_mlp", "softmax_regression", "tiny_mlp"])
+def test_compiled_whole_steps_reproduce_keras(name: str, tmp_path: Path):
+    """The same three steps as one compiled program each (forward, backward and the optimizer's update
+    written as tensor ops: mnist_lit.optim.functional_update), for RMSprop, Adam and summed-loss SGD."""
+    recorder, trace = fit_three_steps(name, tmp_path, "--model.init_args.compiled_steps", "true")
+    loss_diff, weight_diff = largest_difference(recorder, trace)
+    assert len(recorder.losses) == 3 and loss_diff < TOLERANCE and weight_diff < TOLERANCE
 
 
 def test_torch_rmsprop_fails_the_same_comparison(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

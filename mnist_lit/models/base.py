@@ -42,7 +42,8 @@ class Tutorial(Engine):
 
     def __init__(self, net: nn.Module, optimizer: Optimizer = "rmsprop", lr: PositiveFloat = 1e-3,
                  loss_reduction: Literal["mean", "sum"] = "mean", dataset: DatasetName = "mnist",
-                 compile: bool = False, channels_last: bool | None = None, weights: str | None = None) -> None:
+                 compile: bool = False, channels_last: bool | None = None, compiled_steps: bool | None = None,
+                 weights: str | None = None) -> None:
         """
         Args:
             net: the plain network (given by the subclass, not a CLI option).
@@ -55,6 +56,10 @@ class Tutorial(Engine):
                 Off by default: it made the cnn's fit slower on the CPUs measured (docs/benchmarks.md).
             channels_last: keep convolution weights and inputs channels-last. None (default): on for a
                 network with convolutions running on the CPU, where it was measured faster; off otherwise.
+            compiled_steps: run each training step (forward, loss, backward and the optimizer's update) as
+                one compiled program (needs a C compiler; the first step compiles, about 10 s). None
+                (default): on for CPU fits of at least 10,000 steps of a network of Linear, ReLU and Dropout
+                layers, where it was measured faster; False keeps eager steps.
             weights: start from these weights instead of a fresh initialisation: a Keras `.keras` or `.h5`
                 file of this tutorial (e.g. the tutorial's own `model.save`), or an mnist_lit `.ckpt` or
                 TorchScript `.pt`. The CLI reads the file once the model exists; from Python, call
@@ -94,19 +99,28 @@ class Tutorial(Engine):
         """The network's logits (softmax only in `predict_step` and in exports)."""
         return self.run_net(x)
 
+    def loss_and_stats(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of a batch and [loss sum, correct] for the epoch's means: no side effects, so the
+        engine may run it inside one compiled training step (mnist_lit/engine.py)."""
+        loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction)
+        summed = loss.detach() if self.hparams.loss_reduction == "sum" else loss.detach() * y.numel()
+        correct = (logits.detach().argmax(1) == y).sum()
+        return loss, torch.stack([summed.float(), correct.float()])
+
+    def count(self, stage: str, stats: torch.Tensor, samples: int) -> None:
+        # the sums accumulate on the device, the sample count on the host: nothing waits
+        if stage not in self._sums:
+            self._sums[stage], self._counts[stage] = torch.zeros_like(stats), 0
+        self._sums[stage] += stats
+        self._counts[stage] += samples
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction)
-        preds = logits.argmax(1)
-        summed = loss.detach() if self.hparams.loss_reduction == "sum" else loss.detach() * y.numel()
-        # [loss sum, correct] accumulate on the device, the sample count on the host: nothing waits
-        if stage not in self._sums:
-            self._sums[stage], self._counts[stage] = torch.zeros(2, device=logits.device), 0
-        self._sums[stage] += torch.stack([summed.float(), (preds == y).sum().float()])
-        self._counts[stage] += y.numel()
+        loss, stats = self.loss_and_stats(logits, y)
+        self.count(stage, stats, y.numel())
         if stage == "test":
-            self.test_confusion.update(preds, y)
+            self.test_confusion.update(logits.argmax(1), y)
         return loss
 
     def _log_epoch(self, stage: str) -> None:

@@ -1,5 +1,6 @@
 """`python -m mnist_lit`: fit/validate/test/predict go to the Lightning CLI, the rest to their modules;
-bad input ends in one line."""
+bad input ends in one line. The top-level `--help` and `--version` answer here, before torch or Lightning
+is imported (those imports take seconds)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,32 @@ from mnist_lit.errors import UserError
 # commands of our own (everything else goes to the Lightning CLI) and the module that runs each
 COMMANDS = {"report": "report", "export": "export", "classify": "classify", "import-keras": "keras_import",
             "serve": "serve"}
+LIGHTNING_COMMANDS = {
+    "fit": "train a tutorial, test it, and save model.ckpt, metrics.json, figures and model.pt",
+    "validate": "the validation loss and accuracy of a checkpoint",
+    "test": "the test loss and accuracy of a checkpoint",
+    "predict": "class probabilities for the test images, written to predictions.csv",
+}
+OWN_COMMANDS = {
+    "report": "summary, curves, confusion matrix and worst mistakes of a checkpoint",
+    "export": "a checkpoint as TorchScript, torch.export (.pt2) or ONNX, for use without mnist_lit",
+    "classify": "classify photos of digits with a checkpoint or an exported model",
+    "import-keras": "a model trained in Keras (.keras or .h5) becomes an mnist_lit checkpoint",
+    "serve": "an HTTP API and a page to draw a digit on (LitServe)",
+}
+TUTORIALS = ("dense512", "cnn", "tiny_mlp", "fashion_mlp", "softmax_regression")
+
+
+def usage() -> str:
+    lines = ["usage: python -m mnist_lit COMMAND [options]    (python -m mnist_lit COMMAND --help: its options)",
+             "", "The classic Keras MNIST tutorials on PyTorch + Lightning.", "", "Training (the Lightning CLI):"]
+    lines += [f"  {name:<13} {text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += ["", "Models and files:"]
+    lines += [f"  {name:<13} {text}" for name, text in OWN_COMMANDS.items()]
+    lines += ["", f"Tutorials (--config NAME or configs/NAME.yaml): {', '.join(TUTORIALS)}",
+              "  python -m mnist_lit fit --config configs/cnn.yaml", "",
+              "options:", "  -h, --help    this text", "  --version     the version of mnist_lit"]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     verbose = os.environ.get("MNIST_LIT_VERBOSE") == "1"
     try:
         args = sys.argv[1:] if argv is None else argv
-        if args and args[0] in COMMANDS:
+        if not args or args[0] in ("-h", "--help"):
+            print(usage())
+            return 0 if args else 2
+        if args[0] == "--version":
+            from mnist_lit import __version__
+
+            print(f"mnist_lit {__version__}")
+            return 0
+        if args[0] in COMMANDS:
             module = importlib.import_module(f"mnist_lit.{COMMANDS[args[0]]}")
             return module.main(args[1:])
         from mnist_lit import cli

@@ -173,3 +173,35 @@ def test_corrupt_data_from_the_shell_is_one_line_without_traceback(data_root: Pa
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"mnist_lit: error: {bad}: truncated gzip stream"
+
+
+# each command and what its --help may import: the top level answers before torch, the others before Lightning
+HELP_IMPORTS = {("--help",): "torch", ("--version",): "torch", ("report", "--help"): "lightning",
+                ("export", "--help"): "lightning", ("classify", "--help"): "lightning",
+                ("import-keras", "--help"): "lightning", ("serve", "--help"): "lightning"}
+PROBE = """
+import json, sys
+from mnist_lit.__main__ import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:  # argparse's --help
+    code = e.code
+print(json.dumps({"code": code, "loaded": sorted({m.split('.')[0] for m in sys.modules})}))
+"""
+
+
+@pytest.mark.slow
+def test_help_and_version_answer_before_the_heavy_imports():
+    """`--help` of every command answers at once: Lightning's import alone takes seconds."""
+    for args, unloaded in HELP_IMPORTS.items():
+        done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, cwd=REPO)
+        *text, last = done.stdout.strip().splitlines()
+        result = json.loads(last)
+        assert result["code"] == 0 and text, (args, done.stderr)
+        assert unloaded not in result["loaded"], f"{' '.join(args)} imported {unloaded}"
+
+    top = subprocess.run([sys.executable, "-m", "mnist_lit", "--help"], capture_output=True, text=True, cwd=REPO).stdout
+    assert all(f"  {name} " in top for name in ("fit", "test", "report", "export", "classify", "import-keras", "serve"))
+    version = subprocess.run([sys.executable, "-m", "mnist_lit", "--version"], capture_output=True, text=True).stdout
+    from mnist_lit import __version__
+    assert version.strip() == f"mnist_lit {__version__}"

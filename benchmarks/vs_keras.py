@@ -1,15 +1,22 @@
 """Keras against mnist_lit, side by side: each tutorial's Keras recipe, then `python -m mnist_lit fit`.
 
-    pip install -e '.[keras-bench]'        # tensorflow-cpu: for this script only, never a dependency
-    python -m benchmarks.vs_keras [--tutorials cnn dense512 ...] [--rounds 2] [--keras-python PYTHON] [--bf16]
+    pip install -e '.[keras-bench]'        # Keras, tensorflow-cpu and jax: for this script only
+    python -m benchmarks.vs_keras [--tutorials cnn dense512 ...] [--rounds 2] [--keras-python PYTHON]
+        [--backend tensorflow jax torch] [--bare] [--bf16]
 
 Run it from the repository root: the Keras process imports benchmarks/keras_recipes.py from there.
 
-Per round and tutorial, Keras first, then mnist_lit, each in a process of its own on the same data (the
-MNIST / Fashion-MNIST files mnist_lit finds). Training seconds: Keras' `model.fit` call; mnist_lit's
-per-epoch seconds from metrics.json (the same span: the epochs, without start-up, data loading and the
-test). Test accuracy: Keras' `evaluate` and mnist_lit's test_acc. The Keras models are written from the
-tutorials' published recipes, in benchmarks/keras_recipes.py.
+Per round and tutorial, Keras on each `--backend` in turn (`KERAS_BACKEND`), then mnist_lit, each in a
+process of its own on the same data (the MNIST / Fashion-MNIST files mnist_lit finds). Training seconds:
+Keras' `model.fit` call, compiling included (JAX and TensorFlow compile their steps in the first epoch);
+mnist_lit's per-epoch seconds from metrics.json (the same span: the epochs, compiling included, without
+start-up, data loading and the test). Test accuracy: Keras' `evaluate` and mnist_lit's test_acc. The Keras
+models are written from the tutorials' published recipes, in benchmarks/keras_recipes.py.
+
+With --bare, two floors beside them, each in a process of its own over the same data tensors, network,
+optimizer and batch size, with no Lightning, no metrics and no validation: a bare eager loop (forward,
+loss, backward, `optimizer.step()`) and the same steps as one compiled program each
+(`mnist_lit.engine.WholeStep`), its compile included. Both use the engine's thread rule.
 
 With --bf16, each tutorial runs twice more: Keras under its `mixed_bfloat16` policy and mnist_lit with
 `--trainer.precision bf16-mixed`. Run it on an otherwise idle machine: torch's and TensorFlow's thread
@@ -31,6 +38,9 @@ import numpy as np
 from benchmarks import REPO
 
 
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
 def keras_child(name: str, data_file: str, policy: str) -> None:
     """Keras' side, in a process of its own under `--keras-python`: the tutorial's recipe on the data
     file, then one JSON line with the seconds of `model.fit` and the test accuracy."""
@@ -49,10 +59,9 @@ def keras_child(name: str, data_file: str, policy: str) -> None:
     model = keras_recipes.model(name)
     recipe = keras_recipes.recipe(name, (xt, yt))
     model.compile(optimizer=recipe.pop("optimizer"), loss=keras_recipes.loss(name), metrics=["accuracy"])
-    if name == "softmax_regression":  # 2000 steps of batch 64, as the TF1 tutorial
-        import tensorflow as tf
-        data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(60000, seed=0).repeat().batch(64)
-        fit = lambda: model.fit(data, epochs=1, steps_per_epoch=2000, verbose=0)  # noqa: E731
+    if name == "softmax_regression":  # 2000 steps of batch 64, as the TF1 tutorial; any backend, no tf.data
+        order = np.concatenate([np.random.default_rng(epoch).permutation(len(y)) for epoch in range(3)])[:2000 * 64]
+        fit = lambda: model.fit(x[order], y[order], shuffle=False, verbose=0, **recipe)  # noqa: E731
     else:
         fit = lambda: model.fit(x, y, verbose=0, **recipe)  # noqa: E731
     start = time.perf_counter()
@@ -74,13 +83,75 @@ def dataset_file(name: str, folder: Path) -> Path:
     return path
 
 
-def keras_run(python: str, name: str, data: Path, policy: str = "float32") -> dict:
+def keras_env(backend: str) -> dict[str, str]:
+    return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def keras_run(python: str, name: str, data: Path, policy: str = "float32", backend: str = "tensorflow") -> dict:
     # this module again under the Keras Python, from the repository root so that it finds this package
     done = subprocess.run([python, "-m", __spec__.name, "--keras-child", name, str(data), policy], cwd=REPO,
-                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                          capture_output=True, text=True, env=keras_env(backend))
     if done.returncode:
-        raise SystemExit(f"vs_keras: Keras' {name} failed: {done.stderr.strip().splitlines()[-1]}")
+        raise SystemExit(f"vs_keras: Keras' {name} on {backend} failed: {done.stderr.strip().splitlines()[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bare_child(name: str, compiled: str) -> None:
+    """A floor, in a process of its own: the tutorial's recipe as a loop with no Lightning (module docstring)."""
+    import time
+
+    import torch
+
+    from mnist_lit import engine
+    from mnist_lit.cli import resolve_config
+    from mnist_lit.data import MNISTDataModule
+    import yaml
+
+    config = yaml.safe_load(Path(resolve_config(name)).read_text())
+    module_path, _, cls = config["model"].rpartition(".")
+    model = getattr(__import__(module_path, fromlist=[cls]), cls)()
+    dm = MNISTDataModule(**{k: v for k, v in config.get("data", {}).items() if k != "val"})
+    dm.setup("fit")
+    x_all, y_all = dm._splits["train"]
+    bs = dm.hparams.batch_size
+    steps = config["trainer"].get("max_steps", -1)
+    epochs = config["trainer"].get("max_epochs", 1)
+    steps = steps if steps > 0 else epochs * (len(y_all) // bs)
+    net, opt = engine.pool_before_relu(model.net), model.configure_optimizers()
+    model._memory_format = lambda x: x  # a bare module: no Trainer, so no device settings
+    whole = engine.WholeStep.build(model, opt) if compiled == "1" else None
+    torch.manual_seed(0)
+    x0 = x_all[:bs].float() / 255
+    if engine.forward_macs(model.net, x0) < engine.ONE_THREAD_MACS and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    start = time.perf_counter()
+    done, epoch = 0, 0
+    while done < steps:
+        order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, len(order) - bs + 1, bs):
+            if done == steps:
+                break
+            idx = order[i:i + bs]
+            x, y = x_all[idx].float().div_(255), y_all[idx]
+            if whole is not None:
+                loss, _ = whole(x, y)
+            else:
+                loss = torch.nn.functional.cross_entropy(net(x), y, reduction=model.hparams.loss_reduction)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            done += 1
+        epoch += 1
+    float(loss.detach())
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+
+
+def bare_run(name: str, compiled: bool) -> float:
+    done = subprocess.run([sys.executable, "-m", __spec__.name, "--bare-child", name, str(int(compiled))], cwd=REPO,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"vs_keras: the bare loop of {name} failed: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
 
 def ours(name: str, out: Path, *flags: str) -> dict:
@@ -97,30 +168,45 @@ def main() -> None:
     parser.add_argument("--tutorials", nargs="+",
                         default=["softmax_regression", "dense512", "fashion_mlp", "tiny_mlp", "cnn"])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=["tensorflow"],
+                        help="Keras backends to run, each set through KERAS_BACKEND (default: tensorflow)")
     parser.add_argument("--keras-python", default=sys.executable,
                         help="the Python that runs Keras (default: this one), e.g. another venv's with tensorflow-cpu")
+    parser.add_argument("--bare", action="store_true", help="also the bare eager and compiled PyTorch loops")
     parser.add_argument("--bf16", action="store_true",
                         help="also Keras' mixed_bfloat16 policy and mnist_lit's --trainer.precision bf16-mixed; "
-                             "every ratio is to Keras' float32 time of the same round")
+                             "every ratio is to Keras' float32 time of the same round (first backend only)")
     parser.add_argument("--keras-child", nargs=3, metavar=("NAME", "DATA", "POLICY"), help=argparse.SUPPRESS)
+    parser.add_argument("--bare-child", nargs=2, metavar=("NAME", "COMPILED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.keras_child:
         return keras_child(*args.keras_child)
-    probe = subprocess.run([args.keras_python, "-c", "import keras, tensorflow"], capture_output=True)
-    if probe.returncode:
-        raise SystemExit(f"vs_keras: no TensorFlow for {args.keras_python}: pip install -e '.[keras-bench]' "
-                         "(or give --keras-python)")
-    print(f"{'round':<6} {'tutorial':<19} {'Keras s':>8} {'ours s':>8} {'ratio':>6} {'Keras acc':>10} {'our acc':>8}")
+    if args.bare_child:
+        return bare_child(*args.bare_child)
+    for backend in args.backend:
+        probe = subprocess.run([args.keras_python, "-c", f"import keras, {backend}"], capture_output=True,
+                               env=keras_env(backend))
+        if probe.returncode:
+            raise SystemExit(f"vs_keras: no Keras on {backend} for {args.keras_python}: pip install -e "
+                             "'.[keras-bench]' (or give --keras-python)")
+    keras_cols = "".join(f" {'Keras/' + b[:5] + ' s':>13}" for b in args.backend)
+    floor_cols = f" {'bare s':>7} {'compiled s':>10}" if args.bare else ""
+    print(f"{'round':<6} {'tutorial':<19}{keras_cols} {'ours s':>8}{floor_cols} {'ours/fastest':>12}"
+          f" {'Keras acc':>{10 * len(args.backend)}} {'our acc':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(1, args.rounds + 1):
             for name in args.tutorials:
                 data = dataset_file(name, Path(tmp))
-                k = keras_run(args.keras_python, name, data)
+                ks = [keras_run(args.keras_python, name, data, backend=b) for b in args.backend]
                 o = ours(name, Path(tmp) / f"{name}_{round_}")
-                print(f"{round_:<6} {name:<19} {k['seconds']:>8.2f} {o['seconds']:>8.2f} {o['seconds'] / k['seconds']:>6.2f}"
-                      f" {k['test_acc']:>10.4f} {o['test_acc']:>8.4f}", flush=True)
+                floors = f" {bare_run(name, False):>7.2f} {bare_run(name, True):>10.2f}" if args.bare else ""
+                fastest = min(k["seconds"] for k in ks)
+                print(f"{round_:<6} {name:<19}" + "".join(f" {k['seconds']:>13.2f}" for k in ks)
+                      + f" {o['seconds']:>8.2f}{floors} {o['seconds'] / fastest:>12.2f} "
+                      + "".join(f"{k['test_acc']:>10.4f}" for k in ks) + f" {o['test_acc']:>8.4f}", flush=True)
                 if args.bf16:
-                    kb = keras_run(args.keras_python, name, data, "mixed_bfloat16")
+                    k = ks[0]
+                    kb = keras_run(args.keras_python, name, data, "mixed_bfloat16", args.backend[0])
                     ob = ours(name, Path(tmp) / f"{name}_{round_}_bf16", "--trainer.precision", "bf16-mixed")
                     label = f"{name} bf16"
                     print(f"{round_:<6} {label:<19} {kb['seconds']:>8.2f} {ob['seconds']:>8.2f} "

@@ -294,7 +294,8 @@ class Engine(L.LightningModule):
         self._channels_last = False  # set in setup, once the device is known
         self._nvml_check: str | None = None  # Lightning's NVML setting before a fit, put back after it
         self._planned = False  # per fit: threads and whole steps are chosen at its first training batch
-        self._threads: int | None = None
+        self._threads: int | None = None  # the intra-op threads of this fit, when the engine chose them
+        self._threads_before = 0
         self._whole: WholeStep | None = None
 
     def loss_and_stats(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,6 +340,9 @@ class Engine(L.LightningModule):
     def teardown(self, stage: str) -> None:
         if stage == "fit" and self._nvml_check is not None:
             os.environ[NVML_CHECK] = self._nvml_check
+        if stage == "fit" and self._threads is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads = None
 
     def on_exception(self, exception: BaseException) -> None:  # Lightning skips teardown after an exception
         self.teardown("fit")
@@ -372,7 +376,10 @@ class Engine(L.LightningModule):
         self._planned = True
         on_cpu = x.device.type == "cpu"
         if on_cpu and "OMP_NUM_THREADS" not in os.environ and forward_macs(self.net, x) < ONE_THREAD_MACS:
-            self._threads = 1
+            # for the rest of the fit, its validation and the data's conversions included: switching back and
+            # forth would wake the second thread for each of them; `teardown` puts the count back
+            self._threads, self._threads_before = 1, torch.get_num_threads()
+            torch.set_num_threads(1)
         choice = self.hparams.get("compiled_steps")
         if not whole_steps_wanted(choice, self.net, fit_steps(self.trainer), on_cpu):
             return
@@ -394,14 +401,7 @@ class Engine(L.LightningModule):
         micros = batch if is_group(batch) else [batch]
         if not self._planned:
             self._plan(micros[0][0])
-        threads = torch.get_num_threads()
-        if self._threads is None or self._threads == threads:
-            return self._manual_steps(micros)
-        torch.set_num_threads(self._threads)
-        try:
-            return self._manual_steps(micros)
-        finally:
-            torch.set_num_threads(threads)  # validation and test batches are larger: all threads again
+        return self._manual_steps(micros)
 
     def _manual_steps(self, micros: list[Batch]) -> torch.Tensor:
         first_step = self.trainer.global_step

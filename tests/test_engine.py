@@ -294,7 +294,7 @@ def weights_after(data_root: Path, out: Path, *extra: str) -> list[torch.Tensor]
     threads = torch.get_num_threads()
     assert fit("tiny_mlp", data_root, out, "--trainer.max_epochs", "2", "--trainer.callbacks+=tests.test_engine.StepSpy",
                *extra) == 0
-    assert torch.get_num_threads() == threads  # training steps' one thread is not left behind
+    assert torch.get_num_threads() == threads  # the fit's one thread is not left behind
     return list(torch.load(out / "model.ckpt", weights_only=True)["state_dict"].values())
 
 

@@ -26,6 +26,16 @@ steps run. Its contract, all of it:
   order.
 - A NaN or infinite training loss stops the fit on every rank with `TrainingDiverged`, checked once per
   Lightning batch so that no step waits on the host.
+- Small steps, decided at a fit's first training batch:
+  - A network whose forward pass over one training batch takes fewer than `ONE_THREAD_MACS`
+    multiply-adds trains on one intra-op thread for the whole fit, on the CPU, unless OMP_NUM_THREADS is
+    set (tiny_mlp, fashion_mlp and softmax_regression; not dense512 or the cnn).
+  - Whole compiled steps (`WholeStep`): the hyperparameter `compiled_steps` (bool or None). None is the
+    rule `whole_steps_wanted` states: on the CPU, for networks made only of COMPILED_LAYERS, in fits of
+    at least COMPILE_PAYS_STEPS steps (tiny_mlp and fashion_mlp), with direct steps, full precision and an
+    optimizer `optim.functional_update` covers. True asks for them wherever they can run (one line of
+    error where they cannot); False keeps eager steps. The compile (seconds) counts in the first epoch;
+    torch's inductor cache makes a second fit's shorter.
 - `steps_per_epoch(trainer)`: optimizer steps per epoch, as Keras counts them, for progress lines.
 """
 

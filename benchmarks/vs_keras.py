@@ -96,8 +96,9 @@ def keras_run(python: str, name: str, data: Path, policy: str = "float32", backe
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bare_child(name: str, compiled: str) -> None:
-    """A floor, in a process of its own: the tutorial's recipe as a loop with no Lightning (module docstring)."""
+def bare_child(name: str, compiled: str, limit: str = "0") -> None:
+    """A floor, in a process of its own: the tutorial's recipe as a loop with no Lightning (module docstring),
+    or its first `limit` steps; prints the seconds of the steps and of the first one (the compile)."""
     import time
 
     import torch
@@ -117,6 +118,7 @@ def bare_child(name: str, compiled: str) -> None:
     steps = config["trainer"].get("max_steps", -1)
     epochs = config["trainer"].get("max_epochs", 1)
     steps = steps if steps > 0 else epochs * (len(y_all) // bs)
+    steps = min(steps, int(limit)) if int(limit) > 0 else steps
     net, opt = engine.pool_before_relu(model.net), model.configure_optimizers()
     model._memory_format = lambda x: x  # a bare module: no Trainer, so no device settings
     whole = engine.WholeStep.build(model, opt) if compiled == "1" else None
@@ -125,6 +127,7 @@ def bare_child(name: str, compiled: str) -> None:
     if engine.forward_macs(model.net, x0) < engine.ONE_THREAD_MACS and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     start = time.perf_counter()
+    first = 0.0
     done, epoch = 0, 0
     while done < steps:
         order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(epoch))
@@ -141,17 +144,21 @@ def bare_child(name: str, compiled: str) -> None:
                 loss.backward()
                 opt.step()
             done += 1
+            if done == 1:
+                float(loss.detach())
+                first = time.perf_counter() - start
         epoch += 1
     float(loss.detach())
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "first_step": first, "steps": steps,
+                      "threads": torch.get_num_threads()}))
 
 
-def bare_run(name: str, compiled: bool) -> float:
-    done = subprocess.run([sys.executable, "-m", __spec__.name, "--bare-child", name, str(int(compiled))], cwd=REPO,
-                          capture_output=True, text=True)
+def bare_run(name: str, compiled: bool, limit: int = 0, env: dict[str, str] | None = None) -> dict:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.vs_keras", "--bare-child", name, str(int(compiled)),
+                           str(limit)], cwd=REPO, capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"vs_keras: the bare loop of {name} failed: {done.stderr.strip().splitlines()[-1]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def ours(name: str, out: Path, *flags: str) -> dict:
@@ -177,7 +184,7 @@ def main() -> None:
                         help="also Keras' mixed_bfloat16 policy and mnist_lit's --trainer.precision bf16-mixed; "
                              "every ratio is to Keras' float32 time of the same round (first backend only)")
     parser.add_argument("--keras-child", nargs=3, metavar=("NAME", "DATA", "POLICY"), help=argparse.SUPPRESS)
-    parser.add_argument("--bare-child", nargs=2, metavar=("NAME", "COMPILED"), help=argparse.SUPPRESS)
+    parser.add_argument("--bare-child", nargs=3, metavar=("NAME", "COMPILED", "LIMIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.keras_child:
         return keras_child(*args.keras_child)
@@ -199,7 +206,8 @@ def main() -> None:
                 data = dataset_file(name, Path(tmp))
                 ks = [keras_run(args.keras_python, name, data, backend=b) for b in args.backend]
                 o = ours(name, Path(tmp) / f"{name}_{round_}")
-                floors = f" {bare_run(name, False):>7.2f} {bare_run(name, True):>10.2f}" if args.bare else ""
+                floors = (f" {bare_run(name, False)['seconds']:>7.2f} {bare_run(name, True)['seconds']:>10.2f}"
+                          if args.bare else "")
                 fastest = min(k["seconds"] for k in ks)
                 print(f"{round_:<6} {name:<19}" + "".join(f" {k['seconds']:>13.2f}" for k in ks)
                       + f" {o['seconds']:>8.2f}{floors} {o['seconds'] / fastest:>12.2f} "

@@ -41,6 +41,7 @@ steps run. Its contract, all of it:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Iterable, Iterator
@@ -246,6 +247,9 @@ class WholeStep:
         self.names = [names[id(p)] for p in self.params]
         self.module, self.net, self.update = module, net, update
         self.shape: torch.Size | None = None
+        # a CUDA build of torch on a machine without CUDA warns while it sets up its C++ compiler, about
+        # CUDA, which a CPU program never uses
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.program = torch.compile(self._step, fullgraph=True, dynamic=False)
 
     @classmethod
@@ -401,6 +405,9 @@ class Engine(L.LightningModule):
                             f"step hooks and a Keras optimizer (got {type(optimizer).__name__}); drop it to let "
                             "mnist_lit choose")
         self._whole = whole
+        if whole is not None and self.trainer.is_global_zero:  # the first step takes seconds: say why
+            print("Compiling the training step into one program (once, seconds; "
+                  "--model.init_args.compiled_steps false trains without)", flush=True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         if self._trainer is None or self.automatic_optimization:  # Lightning's loop does backward and step

@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from typing import Iterable, Iterator
 
 import lightning as L
@@ -156,12 +157,19 @@ def fit_steps(trainer: L.Trainer) -> float:
     return steps_per_epoch(trainer) * epochs
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU code needs (inductor's default, or $CXX), if there is one."""
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
 def whole_steps_wanted(choice: bool | None, net: nn.Module, steps: float, on_cpu: bool) -> bool:
     """The automatic choice (`choice` None): compile whole steps on the CPU, for networks made only of
-    COMPILED_LAYERS, in fits of at least COMPILE_PAYS_STEPS steps. True or False is the user's."""
+    COMPILED_LAYERS, in fits of at least COMPILE_PAYS_STEPS steps, where a C++ compiler is installed.
+    True or False is the user's."""
     if choice is not None:
         return choice
-    return on_cpu and steps >= COMPILE_PAYS_STEPS and all(isinstance(m, COMPILED_LAYERS) for m in net.modules())
+    return (on_cpu and steps >= COMPILE_PAYS_STEPS and all(isinstance(m, COMPILED_LAYERS) for m in net.modules())
+            and cpp_compiler() is not None)
 
 
 def steps_per_epoch(trainer: L.Trainer) -> int | float:
@@ -247,6 +255,7 @@ class WholeStep:
         self.names = [names[id(p)] for p in self.params]
         self.module, self.net, self.update = module, net, update
         self.shape: torch.Size | None = None
+        self.ran = False  # whether a step has run compiled (the first call compiles)
         # a CUDA build of torch on a machine without CUDA warns while it sets up its C++ compiler, about
         # CUDA, which a CPU program never uses
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -277,7 +286,9 @@ class WholeStep:
         return loss.detach(), stats
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.program(x, y)
+        result = self.program(x, y)
+        self.ran = True
+        return result
 
 
 # ---------------------------------------------------------------- the module
@@ -397,6 +408,9 @@ class Engine(L.LightningModule):
         choice = self.hparams.get("compiled_steps")
         if not whole_steps_wanted(choice, self.net, fit_steps(self.trainer), on_cpu):
             return
+        if on_cpu and cpp_compiler() is None:
+            raise UserError(f"{type(self).__name__}: compiled_steps=True needs a C++ compiler for torch.compile "
+                            f"({os.environ.get('CXX', 'g++')} not found; set CXX, or install g++)")
         precision_plain = type(self.trainer.precision_plugin) is Precision
         optimizer = self.optimizers().optimizer
         whole = WholeStep.build(self, optimizer) if self._direct_steps and precision_plain else None
@@ -426,17 +440,11 @@ class Engine(L.LightningModule):
         max_steps = self.trainer.max_steps
         budget = max_steps - first_step if max_steps > 0 else None
         losses = []
-        whole = self._whole
         for micro in micros:
             if budget is not None and len(losses) >= budget:
                 break
-            x, y = micro
-            if whole is not None and whole.takes(x):
-                optimizer._on_before_step()  # counted as `_direct_step` counts its steps
-                loss, stats = whole(self._memory_format(x), y)
-                optimizer._on_after_step()
-                self.count("train", stats, y.numel())
-            else:
+            loss = self._whole_step(optimizer, micro) if self._whole is not None else None
+            if loss is None:
                 loss = self.train_loss(micro)
                 if self._direct_steps:
                     _direct_step(optimizer, loss)
@@ -446,6 +454,30 @@ class Engine(L.LightningModule):
                     optimizer.step()  # counts the step and applies precision plugins and hooks
             losses.append(loss.detach())
         self.check_finite(losses, first_step)
+        return loss
+
+    def _whole_step(self, optimizer: LightningOptimizer, micro: Batch) -> torch.Tensor | None:
+        """One compiled step, or None for an eager one: a batch of another shape, or, when mnist_lit chose
+        compiled steps, a first step that did not compile (said in one line; eager steps from then on)."""
+        whole, (x, y) = self._whole, micro
+        if not whole.takes(x):
+            return None
+        optimizer._on_before_step()  # counted as `_direct_step` counts its steps
+        try:
+            loss, stats = whole(self._memory_format(x), y)
+        except Exception as error:  # the first call compiles; later ones run what it compiled
+            if whole.ran:
+                raise
+            reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+            if self.hparams.get("compiled_steps"):
+                raise UserError(f"{type(self).__name__}: compiled_steps=True: the training step did not compile "
+                                f"({reason}); drop it to train with eager steps") from error
+            self._whole = None
+            if self.trainer.is_global_zero:
+                print(f"The training step did not compile ({reason}); training with eager steps", flush=True)
+            return None
+        optimizer._on_after_step()
+        self.count("train", stats, y.numel())
         return loss
 
     def check_finite(self, losses: list[torch.Tensor], first_step: int) -> None:

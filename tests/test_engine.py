@@ -326,3 +326,25 @@ def test_compiled_steps_where_they_cannot_run_is_one_line(data_root: Path, tmp_p
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "compiled_steps" in err[0] and "gradient_clip_val" in err[0]
+
+
+def test_a_step_that_does_not_compile_trains_eagerly_when_mnist_lit_chose_it(data_root: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch, capsys):
+    eager = weights_after(data_root, tmp_path / "eager", "--model.init_args.compiled_steps", "false")
+
+    def broken(self, x, y):
+        raise RuntimeError("no compiler for this\nsecond line")
+    monkeypatch.setattr(engine.WholeStep, "_step", broken)
+    monkeypatch.setattr(engine, "COMPILE_PAYS_STEPS", 1)  # this 40-step fit counts as long
+    capsys.readouterr()
+    fell_back = weights_after(data_root, tmp_path / "auto")
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if "compile" in line]
+    assert len(said) == 2 and said[0].startswith("Compiling the training step")  # one line each, reason included
+    assert said[1].startswith("The training step did not compile (") and said[1].endswith("training with eager steps")
+    assert StepSpy.seen == [(False, 1)] * 2 and all(torch.equal(a, b) for a, b in zip(eager, fell_back))
+    # asked for by name, it is an error instead, in one line
+    assert fit("tiny_mlp", data_root, tmp_path / "asked", "--trainer.max_epochs", "1",
+               "--model.init_args.compiled_steps", "true") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "compiled_steps=True: the training step did not compile" in err[0]

@@ -73,8 +73,8 @@ class Refusal:
 
 try:
     import litserve as ls
-    from fastapi import HTTPException
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi import HTTPException, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
     import python_multipart  # noqa: F401  (starlette reads forms with it)
     from fastapi.staticfiles import StaticFiles
@@ -322,7 +322,14 @@ def build(model: str, meta: dict[str, Any], max_batch_size: int, batch_timeout: 
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=workers, model_metadata=meta,
                           disable_openapi_url=True, fast_queue=True)  # ZeroMQ answers
     app = server.app
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]
+    health = next(r.endpoint for r in app.router.routes if getattr(r, "path", None) == "/health")
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in ("/", "/health")]
+
+    async def plain_health(request: Request) -> PlainTextResponse:  # LitServe's answer, with its media type
+        answer = await health(request)
+        return PlainTextResponse(answer.body, status_code=answer.status_code)
+
+    app.add_api_route("/health", plain_health, methods=["GET", "HEAD"], include_in_schema=False)
     keyed = api_key is not None
     html, docs, schema = page(meta, keyed), docs_page(keyed), openapi(meta, keyed)
     app.add_api_route("/", lambda: HTMLResponse(html), methods=["GET", "HEAD"], include_in_schema=False)
@@ -385,13 +392,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    if MISSING:
-        raise UserError(f"serving needs LitServe ({MISSING} is not installed): pip install 'mnist-lit[serve]'")
-    _, meta = load_model(args.model)  # a bad model file: one line, before any server starts
-    port_free(args.host, args.port)
     if args.api_key is None and args.host != "127.0.0.1":
         print(f"mnist_lit: warning: --host {args.host} without an API key: anyone who can reach port {args.port} "
               f"can use this server; set {KEY_ENV} (or --api-key) to require one", file=sys.stderr, flush=True)
+    if MISSING:
+        raise UserError(f"serving needs the serve extra ({MISSING} is not installed): pip install 'mnist-lit[serve]'")
+    _, meta = load_model(args.model)  # a bad model file: one line, before any server starts
+    port_free(args.host, args.port)
     ls.server.LIT_SERVER_API_KEY = None  # RequestLimits checks the key: LitServe's own check would close /health too
     server = build(args.model, meta, args.max_batch_size, args.batch_timeout, args.workers, args.api_key)
     local = "127.0.0.1" if args.host == "0.0.0.0" else "[::1]" if args.host == "::" else args.host

@@ -352,11 +352,12 @@ def test_an_image_over_a_megabyte_is_answered(server: Server):
 
 @pytest.mark.slow
 def test_one_batch_of_good_and_bad_images_answers_each_on_its_own(models):
-    """LitServe hands a batch's requests to decode_request one by one, then batch, predict, unbatch and
-    encode_response: here with a good image, a bad one and a good one, in this process."""
+    """The HTTP process frames each image (frame_upload); LitServe hands a batch's requests to decode_request
+    one by one, then batch, predict, unbatch and encode_response: here with a good image, a bad one and a
+    good one, in this process."""
     from starlette.datastructures import FormData, UploadFile
 
-    from mnist_lit.serve import DigitAPI
+    from mnist_lit.serve import DigitAPI, frame_upload
 
     api = DigitAPI(str(models["dense512"]), max_batch_size=4)
     threads, sigint = torch.get_num_threads(), signal.getsignal(signal.SIGINT)
@@ -367,7 +368,8 @@ def test_one_batch_of_good_and_bad_images_answers_each_on_its_own(models):
         signal.signal(signal.SIGINT, sigint)
         gc.unfreeze()
     uploads = [png(stroke_digit()), b"not an image", png(255 - stroke_digit())]
-    requests = [FormData([("image", UploadFile(io.BytesIO(data), filename="x.png"))]) for data in uploads]
+    requests = [{"image": frame_upload(api.meta, FormData([("image", UploadFile(io.BytesIO(data), filename="x.png"))]))}
+                for data in uploads]
     outputs = api.unbatch(api.predict(api.batch([api.decode_request(r) for r in requests])))
     answers = [api.encode_response(output) for output in outputs]
     assert [a.status_code for a in answers] == [200, 415, 200]

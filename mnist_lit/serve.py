@@ -75,10 +75,10 @@ try:
     import litserve as ls
     from fastapi import HTTPException, Request
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+    from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
     import python_multipart  # noqa: F401  (starlette reads forms with it)
-    from fastapi.staticfiles import StaticFiles
     import fastapi_offline  # Swagger UI's files, served from here: /docs works offline, as the page does
 except ImportError as e:  # the `serve` extra is not installed: main() says so in one line
     ls, MISSING = None, e.name
@@ -87,7 +87,8 @@ else:
 
 
 class DigitAPI(ls.LitAPI if ls else object):
-    """One image in, its class and probabilities out. Runs in LitServe's inference worker(s)."""
+    """One framed image in (framing_predict frames it), its class and probabilities out. Runs in LitServe's
+    inference worker(s)."""
 
     def __init__(self, model: str, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
@@ -110,7 +111,7 @@ class DigitAPI(ls.LitAPI if ls else object):
     # no annotation on decode_request's argument or encode_response's result: LitServe reads them as the
     # endpoint's request and response types
     def decode_request(self, request):  # noqa: ANN001
-        return request["image"]  # framed in the HTTP process already (framing_predict): a tensor or a Refusal
+        return request["image"]  # 1 x 28 x 28, framed in the HTTP process (a Refusal is answered there)
 
     def batch(self, inputs: list) -> list:
         return inputs  # images and refusals side by side: predict stacks the images

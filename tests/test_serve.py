@@ -27,6 +27,7 @@ from PIL import Image
 from tests.helpers import REPO, run, write_idx_folder
 
 pytest.importorskip("litserve", reason="serving needs the serve extra: pip install -e '.[serve]'")
+pytest.importorskip("fastapi_offline", reason="serving needs the serve extra: pip install -e '.[serve]'")
 
 
 # ---------------------------------------------------------------- a server in a subprocess
@@ -446,6 +447,8 @@ def test_with_a_key_every_route_but_health_needs_it(keyed: Server):
     # a browser opening the page without the key gets the 401 with the page, which holds nothing of the model
     status, html = request(keyed, "GET", "/", headers={"Accept": "text/html,*/*"})
     assert status == 401 and '<form id="lock"' in html and '"key": true' in html and '"classes": null' in html
+    status, html = request(keyed, "GET", "/docs", headers={"Accept": "text/html"})  # Swagger UI, which asks too
+    assert status == 401 and "SwaggerUIBundle" in html and "const KEYED = true" in html
     with_key = {"X-API-Key": KEY}
     status, answer = predict(keyed, digit, headers=with_key)
     assert status == 200 and answer["class"] == "1"

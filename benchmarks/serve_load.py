@@ -1,15 +1,23 @@
 """Load on `python -m mnist_lit serve`: C concurrent clients on localhost posting real MNIST test digits.
 
     python -m benchmarks.serve_load [--model checkpoints/cnn/model.pt] [--clients 1 8 32]
-                                    [--requests 3000] [--seconds 10]
+                                    [--servers workers=1 workers=2 api-servers=2] [--photos jpeg png]
+                                    [--requests 3000] [--seconds 10] [--checkout DIR]
 
 Run it from the repository root, as every benchmark (benchmarks/README.md).
 
-For batching on (the server's default) and off (--max-batch-size 1) it starts the server, waits for
-/health, then for each C runs C keep-alive connections, each posting one PNG at a time, until `--requests`
-answers or `--seconds` have passed, whichever comes first. It prints requests/s, p50 and p99 latency, the
-error count (anything but a 200 with the right keys) and how many answers named the digit's true label.
-The clients run in this process (asyncio, raw HTTP/1.1) on the same machine as the server.
+For each server setting (`--servers`: serve's flags as name=value, joined by commas, e.g.
+`workers=2,max-batch-size=1`) it starts the server, waits for /health, then for each C runs C keep-alive
+connections, each posting one PNG at a time, until `--requests` answers or `--seconds` have passed,
+whichever comes first. It prints requests/s, p50 and p99 latency, the error count (anything but a 200
+with the right keys) and how many answers named the digit's true label.
+
+Then the mixed load, for each of `--photos`: 8 connections, one of which posts a 9 MP photo of a digit
+(3464 x 2598, a phone's, as JPEG or PNG) each time while the other 7 post digits; it prints the digits'
+p50 and p99 (to set beside the plain load's at C = 8) and the photos' own p50.
+
+The clients run in this process (asyncio, raw HTTP/1.1) on the same machine as the server, on loopback.
+`--checkout` measures the server of another checkout of mnist_lit (a git worktree of an older commit).
 """
 
 from __future__ import annotations
@@ -45,6 +53,22 @@ def digits(count: int) -> list[tuple[bytes, int]]:
         Image.fromarray(image[0].numpy()).save(buffer, format="PNG")
         out.append((buffer.getvalue(), int(label)))
     return out
+
+
+def photo(kind: str) -> bytes:
+    """A 9 MP photo of a "1" as a phone takes it: grey paper lit unevenly, sensor noise, a dark pen stroke."""
+    from PIL import Image, ImageDraw
+
+    width, height = 3464, 2598
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    paper = 200 + 30 * (x / width) - 20 * (y / height) + rng.normal(0, 4, (height, width))
+    image = Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8)).convert("RGB")
+    ImageDraw.Draw(image).line([(width * .47, height * .2), (width * .53, height * .8)], fill=(30, 30, 40),
+                               width=width // 30)
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind.upper(), **({"quality": 90} if kind == "jpeg" else {}))
+    return buffer.getvalue()
 
 
 def request_bytes(png: bytes, port: int) -> bytes:
@@ -91,17 +115,24 @@ async def client(port: int, requests: list[tuple[bytes, int]], start: int, stop_
         connection[1].close()
 
 
-async def load(port: int, requests: list[tuple[bytes, int]], clients: int, total: int, seconds: float) -> dict:
+async def load(port: int, requests: list[tuple[bytes, int]], clients: int, total: int, seconds: float,
+               photos: list[tuple[bytes, int]] | None = None) -> dict:
+    """C clients posting digits; with `photos`, the first of them posts those instead (reported apart)."""
     latencies: list[float] = []
+    photo_latencies: list[float] = []
     results = {"errors": 0, "right": 0}
     budget = [total]
     began = time.perf_counter()
-    await asyncio.gather(*(client(port, requests, k * 7, began + seconds, budget, latencies, results)
+    await asyncio.gather(*(client(port, photos, 0, began + seconds, budget, photo_latencies, results)
+                           if photos and k == 0 else
+                           client(port, requests, k * 7, began + seconds, budget, latencies, results)
                            for k in range(clients)))
     wall = time.perf_counter() - began
     ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
-    return {"clients": clients, "answers": len(latencies), "rps": len(latencies) / wall,
-            "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), **results}
+    photo_ms = np.array(photo_latencies) * 1000 if photo_latencies else np.zeros(1)
+    return {"clients": clients, "answers": len(latencies) + len(photo_latencies), "rps": len(latencies) / wall,
+            "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "photos": len(photo_latencies),
+            "photo_p50": float(np.percentile(photo_ms, 50)), **results}
 
 
 def free_port() -> int:
@@ -110,10 +141,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
+def start_server(model: str, port: int, extra: list[str], checkout: Path) -> subprocess.Popen:
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a pipe nobody reads would stop the server when full
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "mnist_lit", "serve", "--model", model, "--port", str(port),
-                             *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True)
+                             *extra], cwd=checkout, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -128,6 +160,20 @@ def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
     raise SystemExit("serve_load: the server did not become healthy in 120 s")
 
 
+def flags(setting: str) -> list[str]:
+    """`workers=2,max-batch-size=1` as serve's flags: --workers 2 --max-batch-size 1."""
+    out = []
+    for pair in filter(None, setting.split(",")):
+        name, _, value = pair.partition("=")
+        out += [f"--{name.strip()}", value.strip()]
+    return out
+
+
+def row(name: str, clients: int | str, r: dict) -> str:
+    return (f"{name:<26} {clients:>5} {r['answers']:>8} {r['rps']:>8.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
+            f"{r['errors']:>7} {r['right'] / max(r['answers'], 1):>7.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(REPO / "checkpoints" / "cnn" / "model.pt"))
@@ -135,28 +181,31 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="at most this many requests per run")
     parser.add_argument("--seconds", type=float, default=10.0, help="at most this long per run")
     parser.add_argument("--images", type=int, default=500, help="distinct test digits posted")
-    parser.add_argument("--batching", nargs="+", default=["16:0.001", "1:0"], metavar="MAX:TIMEOUT",
-                        help="server settings to compare: --max-batch-size and --batch-timeout (1:0 is off)")
+    parser.add_argument("--servers", nargs="+", default=["workers=1", "workers=2", "api-servers=2"],
+                        metavar="NAME=VALUE,...", help="server settings to compare, as serve's flags")
+    parser.add_argument("--photos", nargs="*", default=["jpeg", "png"], choices=["jpeg", "png"],
+                        help="the mixed load's 9 MP photo, as each of these (none: no mixed load)")
+    parser.add_argument("--checkout", type=Path, default=REPO, help="the mnist_lit checkout whose server is measured")
     args = parser.parse_args()
     if not Path(args.model).is_file():
         raise SystemExit(f"serve_load: {args.model}: no such model file; train one with `make train`")
-    requests_by_port = {}
-    print(f"model {args.model}; {os.cpu_count()} CPUs; up to {args.requests} requests or {args.seconds:g} s per run")
-    print(f"{'batching':<22} {'C':>3} {'answers':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'right':>7}")
-    for setting in args.batching:
-        size, timeout = setting.split(":")
-        name = "off" if size == "1" else f"max {size}, {float(timeout) * 1000:g} ms"
-        extra = ["--max-batch-size", size, "--batch-timeout", timeout]
+    photos = {kind: photo(kind) for kind in args.photos}
+    print(f"model {args.model}; server from {args.checkout}; {os.cpu_count()} CPUs; up to {args.requests} requests "
+          f"or {args.seconds:g} s per run; photos: " + ", ".join(f"{k} {len(v) / 1e6:.1f} MB" for k, v in photos.items()))
+    print(f"{'server':<26} {'C':>5} {'answers':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'right':>7}")
+    for setting in args.servers:
         port = free_port()
-        server = start_server(args.model, port, extra)
+        server = start_server(args.model, port, flags(setting), args.checkout.resolve())
         try:
-            requests = requests_by_port.setdefault(port, [(request_bytes(png, port), label)
-                                                          for png, label in digits(args.images)])
+            requests = [(request_bytes(png, port), label) for png, label in digits(args.images)]
             asyncio.run(load(port, requests, 4, 200, 5.0))  # warm-up: first calls, connections, caches
             for clients in args.clients:
-                r = asyncio.run(load(port, requests, clients, args.requests, args.seconds))
-                print(f"{name:<22} {clients:>3} {r['answers']:>8} {r['rps']:>8.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
-                      f"{r['errors']:>7} {r['right'] / max(r['answers'], 1):>7.3f}", flush=True)
+                print(row(setting, clients, asyncio.run(load(port, requests, clients, args.requests, args.seconds))),
+                      flush=True)
+            for kind, data in photos.items():
+                r = asyncio.run(load(port, requests, 8, args.requests, args.seconds, [(request_bytes(data, port), 1)]))
+                print(row(setting, f"7+1{kind[0]}", r) + f"   ({r['photos']} photos, p50 {r['photo_p50']:.0f} ms)",
+                      flush=True)
         finally:
             server.terminate()  # SIGTERM: the server stops its LitServe processes
             try:

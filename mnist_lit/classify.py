@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +25,9 @@ from mnist_lit.errors import UserError
 from mnist_lit.model_files import Predict, load_model
 
 MAX_PIXELS = 50_000_000
+# Framing works on at most about this many pixels: a digit is scaled to 20x20 in the end, and a phone's 9 MP
+# photo, reduced to this, costs a few times less to frame (docs/benchmarks.md#serving)
+FRAME_PIXELS = 1_000_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 MIN_SIDE = 8  # smaller than this cannot hold a legible digit
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")  # JPEG covers phones' MPO files; PPM, PGM
@@ -54,6 +58,8 @@ def load_gray(path: Path | BinaryIO) -> np.ndarray:
             if width * height > MAX_PIXELS:
                 raise ImageError(f"image of {width}x{height} is over {MAX_PIXELS // 1_000_000} megapixels")
             image.seek(0)  # animated GIF / multi-page TIFF: the first frame
+            k = _reduction(image.size)
+            image.draft(image.mode, (width // k, height // k))  # JPEG only: decoded at 1/2, 1/4 or 1/8 of its size
             image.load()
         if min(image.size) < MIN_SIDE:
             raise ImageError(f"image is {image.size[0]}x{image.size[1]} pixels, too small to hold a digit")
@@ -67,13 +73,19 @@ def load_gray(path: Path | BinaryIO) -> np.ndarray:
                 raise ImageError("unreadable image (pixels that are not numbers)")
             low, high = float(array.min()), float(array.max())
             return (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        return np.asarray(image.convert("L"), dtype=np.float32)
+        gray = image.convert("L")
+        return np.asarray(gray.reduce(_reduction(gray.size)), dtype=np.float32)  # the mean of k x k pixels
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         if isinstance(e, UnidentifiedImageError):
             raise NotAnImage("not an image format this reads (PNG, JPEG, GIF, BMP, TIFF, WebP, PGM...)") from None
         raise ImageError("image is too large (decompression bomb)") from None
     except (OSError, SyntaxError, ValueError) as e:  # a truncated file, a mode Pillow cannot convert (LAB)...
         raise ImageError(f"unreadable image ({str(e).splitlines()[0] if str(e) else e.__class__.__name__})") from None
+
+
+def _reduction(size: tuple[int, int]) -> int:
+    """The whole factor k that brings an image of this size within FRAME_PIXELS (1 when it is)."""
+    return max(1, math.ceil(math.sqrt(size[0] * size[1] / FRAME_PIXELS)))
 
 
 def _ink(gray: np.ndarray) -> np.ndarray:

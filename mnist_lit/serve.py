@@ -10,13 +10,19 @@
     GET  /         the page: a pad to draw on, a photo upload, the prediction and its ten probabilities
     GET  /health   "ok" once the model is loaded in every worker
     GET  /info     the model's metadata (tutorial, data set, class names) and the server's settings
+    GET  /openapi.json, /docs   the API's OpenAPI description, and Swagger UI on it (an upload form)
+
+With --api-key (or MNIST_LIT_API_KEY) every route but /health needs the header X-API-Key: without it,
+401 and {"error": ...}; a browser opening / or /docs gets that 401 with a page that asks for the key.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
 import gc
+import hmac
 import io
 import json
 import logging
@@ -24,6 +30,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import urllib.request
@@ -37,10 +44,21 @@ from mnist_lit import classify
 from mnist_lit.errors import UserError
 from mnist_lit.model_files import load_model
 
-MAX_BODY = 10 * 1024 * 1024  # bytes in one request; larger ones are answered 413 before they are read
+MAX_BODY = 10 * 1024 * 1024  # bytes in one request; larger ones are answered 413, never kept
 TOO_BIG = f"request body over {MAX_BODY // (1024 * 1024)} MB"
+# A refused request's body is read and dropped, up to this many bytes and seconds, before the answer: a
+# client still sending (Python's do, without waiting for 100-continue) would otherwise find the connection
+# closed under it and see a reset instead of the answer. Beyond these bounds it is closed all the same.
+DRAIN_BYTES = 64 * 1024 * 1024
+DRAIN_SECONDS = 30
+KEY_ENV = "MNIST_LIT_API_KEY"  # the key from the environment, so that it stays out of `ps`
+KEY_HEADER = "X-API-Key"
+NO_KEY = f"this server needs its API key in the header {KEY_HEADER}"
+OPEN_PATHS = ("/health",)  # answered without the key: load balancers and probes poll it
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's own files (no data of this server): open, as a browser loads them
 MAX_BATCH = 128  # --max-batch-size at most: each size up to it is run at start-up
 PAGE = Path(__file__).with_name("serve_page.html")
+DOCS = Path(__file__).with_name("serve_docs.html")
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds
 HOW = "send the image file in the multipart form field 'image', e.g. curl -F image=@digit.png URL/predict"
 
@@ -55,10 +73,13 @@ class Refusal:
 
 try:
     import litserve as ls
-    from fastapi import HTTPException
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi import HTTPException, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
     import python_multipart  # noqa: F401  (starlette reads forms with it)
+    import fastapi_offline  # Swagger UI's files, served from here: /docs works offline, as the page does
 except ImportError as e:  # the `serve` extra is not installed: main() says so in one line
     ls, MISSING = None, e.name
 else:
@@ -66,7 +87,8 @@ else:
 
 
 class DigitAPI(ls.LitAPI if ls else object):
-    """One image in, its class and probabilities out. Runs in LitServe's inference worker(s)."""
+    """One framed image in (framing_predict frames it), its class and probabilities out. Runs in LitServe's
+    inference worker(s)."""
 
     def __init__(self, model: str, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
@@ -86,25 +108,10 @@ class DigitAPI(ls.LitAPI if ls else object):
                 self.model(torch.zeros(size, 1, 28, 28))
         gc.freeze()  # as in main: torch's objects are not scanned by the collector
 
-    # no annotations on decode_request's argument or encode_response's result: LitServe reads them as the
+    # no annotation on decode_request's argument or encode_response's result: LitServe reads them as the
     # endpoint's request and response types
     def decode_request(self, request):  # noqa: ANN001
-        # no exception may leave this method: LitServe would fail the whole batch the request is in
-        upload = request.get("image") if hasattr(request, "get") else None
-        if upload is None or isinstance(upload, str):
-            return Refusal(400, f"no image: {HOW}")
-        try:
-            data = upload.file.read()
-            if not data:
-                return Refusal(400, "the file in the field 'image' is empty")
-            return classify.frame(self.meta, io.BytesIO(data))
-        except classify.NotAnImage as e:
-            return Refusal(415, str(e))
-        except classify.ImageError as e:
-            return Refusal(422, str(e))
-        except Exception as e:  # a bug here: this request's answer says so, the others in its batch go on
-            logging.getLogger(__name__).exception("framing an image failed")
-            return Refusal(500, f"the server could not frame this image ({e.__class__.__name__})")
+        return request["image"]  # 1 x 28 x 28, framed in the HTTP process (a Refusal is answered there)
 
     def batch(self, inputs: list) -> list:
         return inputs  # images and refusals side by side: predict stacks the images
@@ -125,26 +132,85 @@ class DigitAPI(ls.LitAPI if ls else object):
         return JSONResponse({**classify.answer(self.meta, output), "classes": self.meta["classes"]})
 
 
-class RequestLimits:
-    """Answers in one JSON line, before the request reaches LitServe: a body over MAX_BODY (413) and a
-    POST /predict that is not a multipart form (415; LitServe would read anything else as JSON and fail
-    with 500)."""
+def frame_upload(meta: dict[str, Any], form: Any) -> torch.Tensor | Refusal:
+    """The image in the form's field `image`, framed as `classify` frames it (1 x 28 x 28), or the reason
+    it cannot be. Raises nothing: a bug is this request's 500, and the server goes on."""
+    upload = form.get("image")
+    if upload is None or isinstance(upload, str):
+        return Refusal(400, f"no image: {HOW}")
+    try:
+        data = upload.file.read()
+        if not data:
+            return Refusal(400, "the file in the field 'image' is empty")
+        return classify.frame(meta, io.BytesIO(data))
+    except classify.NotAnImage as e:
+        return Refusal(415, str(e))
+    except classify.ImageError as e:
+        return Refusal(422, str(e))
+    except Exception as e:
+        logging.getLogger(__name__).exception("framing an image failed")
+        return Refusal(500, f"the server could not frame this image ({e.__class__.__name__})")
 
-    def __init__(self, app: Any) -> None:
+
+class Framed:
+    """What LitServe's /predict handler reads of a request, its Content-Type and its form, holding the
+    image framed already: LitServe sends the form on to the inference worker as it is."""
+
+    headers = {"Content-Type": "multipart/form-data"}
+
+    def __init__(self, image: torch.Tensor) -> None:
+        self.image = image
+
+    async def form(self) -> dict[str, torch.Tensor]:
+        return {"image": self.image}
+
+
+def framing_predict(app: Any, meta: dict[str, Any]) -> None:
+    """POST /predict frames its image here, in the HTTP process and in a thread of its own, before
+    LitServe queues it for the inference worker, which then only runs the model: a 9 MP photo being
+    framed holds up no other request (docs/benchmarks.md#serving), and 3 KB travel to the worker, not the file."""
+    route = next(r for r in app.router.routes if getattr(r, "path", None) == "/predict")
+    litserve_predict = route.endpoint
+    app.router.routes.remove(route)
+
+    async def predict(request: Request) -> Response:
+        framed = await run_in_threadpool(frame_upload, meta, await request.form())
+        if isinstance(framed, Refusal):
+            return JSONResponse({"error": framed.error}, status_code=framed.status)
+        return await litserve_predict(Framed(framed))
+
+    app.add_api_route("/predict", predict, methods=["POST"], include_in_schema=False)
+
+
+class RequestLimits:
+    """Answers in one JSON line, before the request reaches LitServe: no API key or the wrong one (401,
+    when the server has a key), a body over MAX_BODY (413) and a POST /predict that is not a multipart
+    form (415; LitServe would read anything else as JSON and fail with 500)."""
+
+    def __init__(self, app: Any, api_key: str | None = None, locked_page: str = "", locked_docs: str = "") -> None:
         self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.locked = {"/": locked_page, "/docs": locked_docs}  # what a browser without the key is shown
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        path = scope["path"]
+        if self.api_key and not (path in OPEN_PATHS or path.startswith(DOCS_ASSETS + "/")):
+            if not hmac.compare_digest(headers.get(KEY_HEADER.lower().encode(), b""), self.api_key):
+                html = self.locked.get(path) if b"text/html" in headers.get(b"accept", b"") else None
+                answer = HTMLResponse(html, status_code=401) if html else None
+                return await refuse(receive, send, headers, 401, NO_KEY, answer)
         length = headers.get(b"content-length", b"0").strip()  # not a number: uvicorn has answered 400
         if length.isdigit() and int(length) > MAX_BODY:
-            return await refuse(send, 413, TOO_BIG)
+            return await refuse(receive, send, headers, 413, TOO_BIG)
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         media, _, parameters = content_type.partition(";")
-        if scope["path"] == "/predict" and scope["method"] == "POST":
+        if path == "/predict" and scope["method"] == "POST":
             if media.strip().lower() != "multipart/form-data":
-                return await refuse(send, 415, f"not a multipart form ({content_type or 'no content type'}): {HOW}")
+                return await refuse(receive, send, headers, 415,
+                                    f"not a multipart form ({content_type or 'no content type'}): {HOW}")
             # media types are case-insensitive; LitServe compares them as written
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-type"]
                      + [(b"content-type", f"multipart/form-data;{parameters}".encode("latin-1"))]}
@@ -155,23 +221,54 @@ class RequestLimits:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > MAX_BODY:
-                raise HTTPException(413, TOO_BIG)
+                drained = message.get("more_body", False) is False or await drain(receive, seen)
+                raise HTTPException(413, TOO_BIG, headers=None if drained else {"Connection": "close"})
             return message
 
         await self.app(scope, counted, send)
 
 
-async def refuse(send: Any, status: int, error: str) -> None:
-    await JSONResponse({"error": error}, status_code=status)({"type": "http"}, None, send)
+async def refuse(receive: Any, send: Any, headers: dict[bytes, bytes], status: int, error: str,
+                 answer: Any = None) -> None:
+    """The answer to a request that is refused before its body was read: sent once the body is read and
+    dropped (DRAIN_BYTES, DRAIN_SECONDS), and then the connection is closed if the body was not all read."""
+    length = headers.get(b"content-length", b"").strip()
+    if b"100-continue" in headers.get(b"expect", b"").lower():
+        drained = False  # the client sends nothing before it has an answer: no body to wait for
+    elif length.isdigit():
+        drained = int(length) == 0 or (int(length) <= DRAIN_BYTES and await drain(receive))
+    else:
+        drained = b"chunked" not in headers.get(b"transfer-encoding", b"").lower() or await drain(receive)
+    answer = answer or JSONResponse({"error": error}, status_code=status)
+    if not drained:
+        answer.headers["Connection"] = "close"  # uvicorn closes the connection after this answer
+    await answer({"type": "http"}, None, send)
+
+
+async def drain(receive: Any, seen: int = 0) -> bool:
+    """Reads and drops the rest of a request's body: True once all of it came, False when the client went,
+    or it was over DRAIN_BYTES or took over DRAIN_SECONDS."""
+    async def rest() -> bool:
+        nonlocal seen
+        while seen <= DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+        return False
+
+    try:
+        return await asyncio.wait_for(rest(), DRAIN_SECONDS)
+    except asyncio.TimeoutError:
+        return False
 
 
 def error_as_json(request: Any, exc: StarletteHTTPException) -> JSONResponse:
     """Every HTTP error as {"error": "<one line>"}, LitServe's and FastAPI's included."""
     if exc.status_code == 405 and request.url.path == "/predict":
         error = f"{request.method} /predict: use POST; {HOW}"
-    elif exc.status_code == 500 and isinstance(exc.__cause__, StarletteHTTPException):
-        # starlette's 400 for a malformed form, which LitServe's handler (catching FastAPI's subclass) made a 500
-        return error_as_json(request, exc.__cause__)
     elif exc.status_code == 404:
         error = f"no such path: {request.url.path}"
     else:
@@ -179,35 +276,104 @@ def error_as_json(request: Any, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse({"error": error}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
-def page(meta: dict[str, Any]) -> str:
-    """The drawing page, with this model's class names and data set written in."""
-    fashion = meta.get("dataset") == "fashion_mnist"
-    settings = {"classes": meta["classes"], "fashion": fashion}
+def page(meta: dict[str, Any], keyed: bool = False) -> str:
+    """The drawing page, with this model's class names and data set written in; with a key (`keyed`),
+    nothing of the model: the page asks for the key and reads them from /info with it."""
+    fashion = meta.get("dataset") == "fashion_mnist" and not keyed
+    settings = {"classes": None if keyed else meta["classes"], "fashion": fashion, "key": keyed}
     title = "Draw a piece of clothing" if fashion else "Draw a digit"
     return (PAGE.read_text(encoding="utf-8").replace("{{TITLE}}", title)
             .replace("{{SETTINGS}}", json.dumps(settings).replace("<", "\\u003c")))
 
 
-def build(model: str, meta: dict[str, Any], max_batch_size: int, batch_timeout: float, workers: int) -> Any:
-    """The LitServer: our API, our page at / in place of LitServe's, errors as one JSON line."""
+def docs_page(keyed: bool) -> str:
+    """Swagger UI on /openapi.json, from this server's own copy of its files."""
+    return DOCS.read_text(encoding="utf-8").replace("{{ASSETS}}", DOCS_ASSETS).replace("{{KEYED}}", json.dumps(keyed))
+
+
+def openapi(meta: dict[str, Any], keyed: bool) -> dict[str, Any]:
+    """The OpenAPI description of this server's routes, written out: LitServe's own would describe
+    /predict as taking any request and answering anything."""
+    error = {"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    refusals = {"400": "no file in the field `image`, an empty file or a malformed form",
+                "413": TOO_BIG, "415": "not an image format this reads, or not a multipart form",
+                "422": "an image that cannot be classified: truncated, blank, over 50 megapixels, under 8x8"}
+    if keyed:
+        refusals["401"] = NO_KEY
+    probabilities = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
+                     "minItems": len(meta["classes"]), "maxItems": len(meta["classes"])}
+    prediction = {"type": "object", "required": ["class", "index", "probability", "probabilities", "classes"],
+                  "properties": {
+                      "class": {"type": "string", "enum": list(meta["classes"]), "description": "the predicted class"},
+                      "index": {"type": "integer", "minimum": 0, "maximum": len(meta["classes"]) - 1},
+                      "probability": {"type": "number", "minimum": 0, "maximum": 1},
+                      "probabilities": {**probabilities, "description": "one per class, in the order of `classes`"},
+                      "classes": {"type": "array", "items": {"type": "string"}}}}
+    predict = {
+        "summary": "Classify one image",
+        "description": "The image file goes in the multipart form field `image`, e.g. `curl -F image=@digit.png "
+                       "URL/predict`; it is framed as `python -m mnist_lit classify` frames it.",
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["image"],
+            "properties": {"image": {"type": "string", "format": "binary",
+                                     "description": "an image file: PNG, JPEG, GIF, BMP, TIFF, WebP, PGM..."}}}}}},
+        "responses": {"200": {"description": "the class and the probabilities",
+                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}}},
+                      **{status: {**error, "description": why} for status, why in sorted(refusals.items())}},
+    }
+    document = {
+        "openapi": "3.0.3",
+        "info": {"title": f"mnist_lit: {meta.get('tutorial', 'model')}", "version": "1",
+                 "description": "Classify images of digits (or, for a Fashion model, of clothes)."},
+        "paths": {
+            "/predict": {"post": predict},
+            "/health": {"get": {"summary": "Whether the model is loaded in every worker", "security": [],
+                                "responses": {status: {"description": text, "content": {"text/plain": {"schema": {
+                                    "type": "string", "enum": [text]}}}} for status, text in (("200", "ok"),
+                                                                                                ("503", "not ready"))}}},
+            "/info": {"get": {"summary": "The model's metadata and the server's settings", "responses": {
+                "200": {"description": "", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["model", "server"],
+                    "properties": {"model": {"type": "object"}, "server": {"type": "object"}}}}}},
+                **({"401": {**error, "description": NO_KEY}} if keyed else {})}}},
+        },
+        "components": {"schemas": {
+            "Prediction": prediction,
+            "Error": {"type": "object", "required": ["error"], "additionalProperties": False,
+                      "properties": {"error": {"type": "string", "description": "the reason, one line"}}}}},
+    }
+    if keyed:
+        document["components"]["securitySchemes"] = {"key": {"type": "apiKey", "in": "header", "name": KEY_HEADER}}
+        document["security"] = [{"key": []}]
+    return document
+
+
+def build(model: str, meta: dict[str, Any], max_batch_size: int, batch_timeout: float, workers: int,
+          api_key: str | None = None) -> Any:
+    """The LitServer: our API, our page at / in place of LitServe's, our OpenAPI description and Swagger
+    UI, errors as one JSON line, and the gate in front (RequestLimits)."""
     api = DigitAPI(model, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=workers, model_metadata=meta,
                           disable_openapi_url=True, fast_queue=True)  # ZeroMQ answers
     app = server.app
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]
-    html = page(meta)
+    health = next(r.endpoint for r in app.router.routes if getattr(r, "path", None) == "/health")
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in ("/", "/health")]
+
+    async def plain_health(request: Request) -> PlainTextResponse:  # LitServe's answer, with its media type
+        answer = await health(request)
+        return PlainTextResponse(answer.body, status_code=answer.status_code)
+
+    app.add_api_route("/health", plain_health, methods=["GET", "HEAD"], include_in_schema=False)
+    framing_predict(app, meta)
+    keyed = api_key is not None
+    html, docs, schema = page(meta, keyed), docs_page(keyed), openapi(meta, keyed)
     app.add_api_route("/", lambda: HTMLResponse(html), methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route("/docs", lambda: HTMLResponse(docs), methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route("/openapi.json", lambda: JSONResponse(schema), methods=["GET", "HEAD"], include_in_schema=False)
+    app.mount(DOCS_ASSETS, StaticFiles(directory=Path(fastapi_offline.__file__).with_name("static")))
     app.add_exception_handler(StarletteHTTPException, error_as_json)
-    app.add_middleware(RequestLimits)
-    logging.getLogger("litserve.server").addFilter(no_client_error_tracebacks)
+    app.add_middleware(RequestLimits, api_key=api_key, locked_page=html, locked_docs=docs)
     return server
-
-
-def no_client_error_tracebacks(record: logging.LogRecord) -> bool:
-    """LitServe logs a traceback for a malformed form, which it answers 400: a client's mistake, not the
-    server's, so it is not logged."""
-    error = record.exc_info[1] if record.exc_info else None
-    return not (isinstance(error, StarletteHTTPException) and error.status_code < 500)
 
 
 def port_free(host: str, port: int) -> None:
@@ -231,6 +397,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-timeout", type=float, default=0.001,
                         help="seconds a batch waits to fill up (default 0.001)")
     parser.add_argument("--workers", type=int, default=1, help="inference worker processes (default 1)")
+    parser.add_argument("--api-servers", type=int, default=1,
+                        help="HTTP processes, which also frame the images (LitServe's num_api_servers; default 1)")
+    parser.add_argument("--api-key", metavar="KEY", default=os.environ.get(KEY_ENV) or os.environ.get("LIT_SERVER_API_KEY"),
+                        help=f"every route but /health then needs the header {KEY_HEADER}: KEY; better given in "
+                             f"the environment variable {KEY_ENV} (or LitServe's LIT_SERVER_API_KEY), which `ps` does not show")
     args = parser.parse_args(argv)
     if args.host not in HOSTS:
         raise UserError(f"--host {args.host}: LitServe listens on one of {', '.join(HOSTS)}")
@@ -240,18 +411,27 @@ def parse(argv: list[str]) -> argparse.Namespace:
         raise UserError(f"--max-batch-size {args.max_batch_size}: give 1 (no batching) to {MAX_BATCH}")
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: give 1 or more")
+    if args.api_servers < 1:
+        raise UserError(f"--api-servers {args.api_servers}: give 1 or more")
     if not 0 <= args.batch_timeout <= 10:
         raise UserError(f"--batch-timeout {args.batch_timeout}: give seconds from 0 to 10")
+    if args.api_key is not None and (not args.api_key.strip() or not args.api_key.isascii()
+                                     or not args.api_key.isprintable()):
+        raise UserError(f"--api-key (or {KEY_ENV}): give a key of printable ASCII characters, not empty")
     return args
 
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    if args.api_key is None and args.host != "127.0.0.1":
+        print(f"mnist_lit: warning: --host {args.host} without an API key: anyone who can reach port {args.port} "
+              f"can use this server; set {KEY_ENV} (or --api-key) to require one", file=sys.stderr, flush=True)
     if MISSING:
-        raise UserError(f"serving needs LitServe ({MISSING} is not installed): pip install 'mnist-lit[serve]'")
+        raise UserError(f"serving needs the serve extra ({MISSING} is not installed): pip install 'mnist-lit[serve]'")
     _, meta = load_model(args.model)  # a bad model file: one line, before any server starts
     port_free(args.host, args.port)
-    server = build(args.model, meta, args.max_batch_size, args.batch_timeout, args.workers)
+    ls.server.LIT_SERVER_API_KEY = None  # RequestLimits checks the key: LitServe's own check would close /health too
+    server = build(args.model, meta, args.max_batch_size, args.batch_timeout, args.workers, args.api_key)
     local = "127.0.0.1" if args.host == "0.0.0.0" else "[::1]" if args.host == "::" else args.host
     batching = f"batches of up to {args.max_batch_size}" if args.max_batch_size > 1 else "no batching"
     print(f"Serving {args.model} ({meta.get('tutorial', 'model')}, {batching}): open http://{local}:{args.port}/ "
@@ -259,13 +439,13 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=say_when_ready, args=(f"http://{local}:{args.port}/health",), daemon=True).start()
     stop_on_signals()
     # LitServe's HTTP processes, queue manager and broker are forked: each dies with the process that forked it
-    os.register_at_fork(before=note_forking_process, after_in_child=lambda: die_with_parent(FORKING[0]))
+    os.register_at_fork(before=note_forking_process, after_in_child=forked)
     # the objects of torch and the web stack, imported by now, are never garbage: a full collection in the
     # HTTP process would otherwise scan them all, stalling every request under way (docs/benchmarks.md#serving)
     gc.freeze()
     try:
         server.run(host=args.host, port=args.port, log_level="warning", generate_client_file=False,
-                   num_api_servers=1)
+                   num_api_servers=args.api_servers)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM before LitServe's own handling began (while starting)
         pass
     except RuntimeError as e:  # LitServe's word that a worker could not start
@@ -307,6 +487,11 @@ FORKING = [0]  # the process about to fork, noted in it just before
 
 def note_forking_process() -> None:
     FORKING[0] = os.getpid()
+
+
+def forked() -> None:
+    die_with_parent(FORKING[0])
+    torch.set_num_threads(1)  # the HTTP process frames images each in a thread of its own (framing_predict)
 
 
 def die_with_parent(parent: int) -> None:

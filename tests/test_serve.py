@@ -27,6 +27,7 @@ from PIL import Image
 from tests.helpers import REPO, run, write_idx_folder
 
 pytest.importorskip("litserve", reason="serving needs the serve extra: pip install -e '.[serve]'")
+pytest.importorskip("fastapi_offline", reason="serving needs the serve extra: pip install -e '.[serve]'")
 
 
 # ---------------------------------------------------------------- a server in a subprocess
@@ -41,14 +42,14 @@ def free_port() -> int:
 class Server:
     """`python -m mnist_lit serve` on a free localhost port, in a session of its own."""
 
-    def __init__(self, model: Path, *extra: str) -> None:
+    def __init__(self, model: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # its output goes to files, which never fill up as an unread pipe would
         self.out, self.err = (tempfile.TemporaryFile("w+") for _ in range(2))
         self.proc = subprocess.Popen([sys.executable, "-m", "mnist_lit", "serve", "--model", str(model), "--port",
                                       str(self.port), *extra], cwd=REPO, text=True, stdout=self.out,
-                                     stderr=self.err, start_new_session=True,
+                                     stderr=self.err, start_new_session=True, env={**os.environ, **(env or {})},
                                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         try:
@@ -88,6 +89,13 @@ class Server:
                 continue
         return alive
 
+    def processes_left(self, seconds: float) -> dict[int, str]:
+        """The processes of the server's session still alive once they all ended, or `seconds` passed."""
+        deadline = time.monotonic() + seconds
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.processes()
+
     def stop(self, sig: int = signal.SIGTERM, group: bool = False) -> tuple[str, str]:
         os.killpg(self.proc.pid, sig) if group else self.proc.send_signal(sig)
         try:
@@ -113,8 +121,8 @@ def form(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, str]:
 
 
 def request(server: Server, method: str, path: str, body: bytes | None = None,
-            content_type: str | None = None) -> tuple[int, dict | str]:
-    headers = {"Content-Type": content_type} if content_type else {}
+            content_type: str | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict | str]:
+    headers = {**({"Content-Type": content_type} if content_type else {}), **(headers or {})}
     try:
         with urllib.request.urlopen(urllib.request.Request(server.url + path, data=body, method=method,
                                                            headers=headers), timeout=30) as answer:
@@ -124,8 +132,9 @@ def request(server: Server, method: str, path: str, body: bytes | None = None,
     return status, json.loads(text) if kind.startswith("application/json") else text
 
 
-def predict(server: Server, data: bytes, filename: str = "digit.png") -> tuple[int, dict]:
-    return request(server, "POST", "/predict", *form({"image": (filename, data)}))
+def predict(server: Server, data: bytes, filename: str = "digit.png",
+            headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    return request(server, "POST", "/predict", *form({"image": (filename, data)}), headers=headers)
 
 
 def image_bytes(image: Image.Image, fmt: str) -> bytes:
@@ -303,6 +312,40 @@ def test_a_body_over_10_mb_is_413_whether_announced_or_chunked(server: Server):
     assert predict(server, png(stroke_digit()))[0] == 200
 
 
+def post_20_mb(url: str, client: str, chunked: bool, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """20 MB of random bytes in the field `image`, posted as each client posts: none of these waits for
+    100-continue, and each sends all of the body before it reads the answer."""
+    body, kind = form({"image": ("big.png", np.random.default_rng(2).bytes(20 << 20))})
+    chunks = lambda: (body[i: i + (1 << 16)] for i in range(0, len(body), 1 << 16))  # noqa: E731
+    data = chunks() if chunked else body  # a generator: sent chunked, without a length
+    headers = {"Content-Type": kind, **(headers or {})}
+    if client == "urllib":
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=60) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+    if client == "httpx":
+        import httpx
+
+        answer = httpx.post(url, content=data, headers=headers, timeout=60)
+    else:
+        import requests
+
+        answer = requests.post(url, data=data, headers=headers, timeout=60)
+    return answer.status_code, answer.json()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunked", [False, True], ids=["announced", "chunked"])
+@pytest.mark.parametrize("client", ["urllib", "httpx", "requests"])
+def test_every_client_gets_the_413_of_a_body_over_the_limit(client: str, chunked: bool, server: Server):
+    """The server once answered and closed while the body was still coming: urllib saw a broken pipe or a
+    reset instead of the answer. It now reads the rest of the body (and drops it) before answering."""
+    assert_refused(*post_20_mb(server.url + "/predict", client, chunked), 413, "request body over 10 MB")
+    assert predict(server, png(stroke_digit()))[0] == 200
+
+
 @pytest.mark.slow
 def test_an_image_over_a_megabyte_is_answered(server: Server):
     """Starlette would spool an upload over 1 MB to a temporary file, which cannot travel to the inference
@@ -315,13 +358,28 @@ def test_an_image_over_a_megabyte_is_answered(server: Server):
     assert status == 200 and answer["class"] == "1"
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_9_mp_photo_is_framed_from_about_1_mp_as_its_smaller_copy_is(fmt: str):
+    """What one request can cost: a phone's photo is read reduced (JPEG: decoded at a smaller scale) to
+    within FRAME_PIXELS before framing, and frames as the same photo taken at that size."""
+    from mnist_lit import classify
+
+    big = Image.fromarray(np.kron(stroke_digit(), np.ones((15, 15))).astype(np.uint8))  # 3000 x 2250
+    small = big.resize((big.width // 3, big.height // 3), Image.Resampling.BOX)
+    gray = classify.load_gray(io.BytesIO(image_bytes(big, fmt)))
+    assert classify.FRAME_PIXELS / 4 <= gray.size <= classify.FRAME_PIXELS  # a quarter: JPEG halved, then halved
+    framed, expected = classify.to_mnist(gray), classify.to_mnist(classify.load_gray(io.BytesIO(image_bytes(small, fmt))))
+    assert torch.allclose(framed, expected, atol=0.1)
+
+
 @pytest.mark.slow
 def test_one_batch_of_good_and_bad_images_answers_each_on_its_own(models):
-    """LitServe hands a batch's requests to decode_request one by one, then batch, predict, unbatch and
-    encode_response: here with a good image, a bad one and a good one, in this process."""
+    """The HTTP process frames each image (frame_upload); LitServe hands a batch's requests to decode_request
+    one by one, then batch, predict, unbatch and encode_response: here with a good image, a bad one and a
+    good one, in this process."""
     from starlette.datastructures import FormData, UploadFile
 
-    from mnist_lit.serve import DigitAPI
+    from mnist_lit.serve import DigitAPI, frame_upload
 
     api = DigitAPI(str(models["dense512"]), max_batch_size=4)
     threads, sigint = torch.get_num_threads(), signal.getsignal(signal.SIGINT)
@@ -332,7 +390,8 @@ def test_one_batch_of_good_and_bad_images_answers_each_on_its_own(models):
         signal.signal(signal.SIGINT, sigint)
         gc.unfreeze()
     uploads = [png(stroke_digit()), b"not an image", png(255 - stroke_digit())]
-    requests = [FormData([("image", UploadFile(io.BytesIO(data), filename="x.png"))]) for data in uploads]
+    requests = [{"image": frame_upload(api.meta, FormData([("image", UploadFile(io.BytesIO(data), filename="x.png"))]))}
+                for data in uploads]
     outputs = api.unbatch(api.predict(api.batch([api.decode_request(r) for r in requests])))
     answers = [api.encode_response(output) for output in outputs]
     assert [a.status_code for a in answers] == [200, 415, 200]
@@ -358,6 +417,94 @@ def test_health_and_the_model_info(server: Server):
     status, info = request(server, "GET", "/info")
     assert status == 200 and info["model"]["tutorial"] == "dense512" and info["model"]["dataset"] == "mnist"
     assert info["model"]["classes"] == [str(d) for d in range(10)] and info["server"]["workers_per_device"] == 1
+
+
+# ---------------------------------------------------------------- the API key and the schema
+
+KEY = "k3y-for-tests"
+NO_KEY = "this server needs its API key in the header X-API-Key"
+
+
+@pytest.fixture(scope="module")
+def keyed(models):
+    """A server that needs KEY, given in the environment as a user keeps it out of `ps`."""
+    running = Server(models["dense512"], env={"MNIST_LIT_API_KEY": KEY})
+    yield running
+    running.stop()
+
+
+@pytest.mark.slow
+def test_with_a_key_every_route_but_health_needs_it(keyed: Server):
+    assert KEY not in " ".join(keyed.processes().values())  # not on any command line
+    digit = png(stroke_digit())
+    for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY.upper()}):
+        for method, path in (("GET", "/"), ("GET", "/info"), ("GET", "/openapi.json"), ("GET", "/docs"),
+                             ("GET", "/nowhere"), ("GET", "/predict")):
+            assert_refused(*request(keyed, method, path, headers=headers), 401, NO_KEY)
+        assert_refused(*predict(keyed, digit, headers=headers), 401, NO_KEY)
+    assert request(keyed, "GET", "/health") == (200, "ok")  # probes need no key
+    assert_refused(*post_20_mb(keyed.url + "/predict", "urllib", False), 401, NO_KEY)  # read before refused
+    # a browser opening the page without the key gets the 401 with the page, which holds nothing of the model
+    status, html = request(keyed, "GET", "/", headers={"Accept": "text/html,*/*"})
+    assert status == 401 and '<form id="lock"' in html and '"key": true' in html and '"classes": null' in html
+    status, html = request(keyed, "GET", "/docs", headers={"Accept": "text/html"})  # Swagger UI, which asks too
+    assert status == 401 and "SwaggerUIBundle" in html and "const KEYED = true" in html
+    with_key = {"X-API-Key": KEY}
+    status, answer = predict(keyed, digit, headers=with_key)
+    assert status == 200 and answer["class"] == "1"
+    assert request(keyed, "GET", "/info", headers=with_key)[1]["model"]["classes"][:2] == ["0", "1"]
+    assert request(keyed, "GET", "/openapi.json", headers=with_key)[1]["components"]["securitySchemes"] == {
+        "key": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+
+
+def test_a_public_host_without_a_key_is_one_warning_line(tmp_path: Path, capsys, monkeypatch):
+    """Checked before the model is loaded: here a missing one ends the command after the warning."""
+    missing = str(tmp_path / "missing.pt")
+    warning = ("mnist_lit: warning: --host 0.0.0.0 without an API key: anyone who can reach port 8000 can use "
+               "this server; set MNIST_LIT_API_KEY (or --api-key) to require one\n")
+    for env, args, warned in ((None, ["--host", "0.0.0.0"], True), (None, [], False), ("k", ["--host", "0.0.0.0"], False),
+                              (None, ["--host", "0.0.0.0", "--api-key", "k"], False)):
+        monkeypatch.delenv("LIT_SERVER_API_KEY", raising=False)
+        if env:
+            monkeypatch.setenv("MNIST_LIT_API_KEY", env)
+        else:
+            monkeypatch.delenv("MNIST_LIT_API_KEY", raising=False)
+        assert run("serve", "--model", missing, *args) == 1
+        err = capsys.readouterr().err
+        assert err == (warning if warned else "") + f"mnist_lit: error: {missing}: no such model file\n", err
+    monkeypatch.setenv("MNIST_LIT_API_KEY", " ")
+    assert run("serve", "--model", missing) == 1
+    assert capsys.readouterr().err == ("mnist_lit: error: --api-key (or MNIST_LIT_API_KEY): give a key of printable "
+                                       "ASCII characters, not empty\n")
+
+
+@pytest.mark.slow
+def test_the_openapi_description_of_predict(server: Server):
+    status, schema = request(server, "GET", "/openapi.json")
+    assert status == 200 and "securitySchemes" not in schema.get("components", {})
+    post = schema["paths"]["/predict"]["post"]
+    field = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert field["required"] == ["image"] and field["properties"]["image"] == {**field["properties"]["image"],
+                                                                               "type": "string", "format": "binary"}
+    assert sorted(post["responses"]) == ["200", "400", "413", "415", "422"]
+    assert schema["components"]["schemas"]["Prediction"]["properties"]["class"]["enum"] == [str(d) for d in range(10)]
+    status, html = request(server, "GET", "/docs")
+    assert status == 200 and "/docs-assets/swagger-ui-bundle.js" in html and "http" not in html  # no CDN
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_error_and_no_answer_off_the_schema(keyed: Server, tmp_path: Path):
+    """Requests generated from /openapi.json (valid and not, with and without the key), bounded in examples
+    and time; every check but one: a valid form with an image that cannot be classified (1x1, blank) is
+    rightly refused 422, which schemathesis's positive_data_acceptance counts as a failure."""
+    done = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{keyed.url}/openapi.json",
+                           "--header", f"X-API-Key: {KEY}", "--checks", "all",
+                           "--exclude-checks", "positive_data_acceptance", "--max-examples", "50",
+                           "--max-time", "25", "--request-timeout", "20"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "passed" in done.stdout and "failure" not in done.stdout.split("SUMMARY")[-1].lower()
+    assert keyed.proc.poll() is None and request(keyed, "GET", "/health") == (200, "ok")
 
 
 @pytest.mark.slow
@@ -447,7 +594,9 @@ def test_stopping_the_server_stops_all_its_processes(how: str, models):
     assert out.startswith(f"Serving {models['dense512']} (dense512, batches of up to 16): open "
                           f"http://127.0.0.1:{running.port}/ to draw")
     assert out.splitlines()[1:] == ["Ready.", "Server stopped."]
-    assert running.processes() == {}, "processes left serving after the server stopped"
+    # multiprocessing's resource tracker ends once the server has closed its end of their pipe, by exiting:
+    # a few milliseconds after it
+    assert running.processes_left(5) == {}, "processes left serving after the server stopped"
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{running.url}/health", timeout=2)
 
@@ -461,10 +610,7 @@ def test_a_killed_server_leaves_no_process_behind_and_frees_its_port(models):
     assert len(children) >= 4, running.processes()  # HTTP process, queue manager, broker, 2 inference workers
     os.kill(running.proc.pid, signal.SIGKILL)
     running.proc.wait()
-    deadline = time.monotonic() + 10
-    while running.processes() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert running.processes() == {}, "processes of a killed server left running"
+    assert running.processes_left(10) == {}, "processes of a killed server left running"
     with socket.socket() as probe:  # the port is free for the next server
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", running.port))
@@ -547,5 +693,63 @@ def test_drawing_on_the_page_in_a_real_browser(server: Server, tmp_path: Path):
             inner = driver.execute_script("return window.innerWidth")
             assert 200 <= pad.size["width"] <= inner and driver.execute_script(
                 "return document.documentElement.scrollWidth <= window.innerWidth"), width
+    finally:
+        driver.quit()
+
+
+@pytest.mark.slow
+def test_the_page_asks_for_the_key_once(keyed: Server, tmp_path: Path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chromium()
+    try:
+        driver.get(keyed.url + "/")
+        lock, field = driver.find_element(By.ID, "lock"), driver.find_element(By.ID, "key")
+        WebDriverWait(driver, 20).until(lambda d: lock.is_displayed())
+        assert driver.find_elements(By.CSS_SELECTOR, "#bars .pct") == []  # no class names before the key
+        field.send_keys("wrong")
+        driver.find_element(By.CSS_SELECTOR, "#lock button").click()
+        message = driver.find_element(By.ID, "keyMessage")
+        WebDriverWait(driver, 20).until(lambda d: message.text != "")
+        assert message.text == "The server refused this key." and lock.is_displayed()
+        driver.save_screenshot(str(tmp_path / "page_key_refused.png"))
+        field.clear()
+        field.send_keys(KEY)
+        driver.find_element(By.CSS_SELECTOR, "#lock button").click()
+        WebDriverWait(driver, 20).until(lambda d: not lock.is_displayed())
+        driver.get(keyed.url + "/")  # once: the browser keeps the key
+        pad, prediction = driver.find_element(By.ID, "pad"), driver.find_element(By.ID, "prediction")
+        WebDriverWait(driver, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#bars .pct")) == 10)
+        assert not driver.find_element(By.ID, "lock").is_displayed()
+        draw(driver, pad, [(0.52, 0.15 + 0.05 * i) for i in range(15)])
+        WebDriverWait(driver, 20).until(lambda d: prediction.text != "")
+        assert prediction.text == "1"
+        driver.save_screenshot(str(tmp_path / "page_key_accepted.png"))
+    finally:
+        driver.quit()
+
+
+@pytest.mark.slow
+def test_the_docs_page_uploads_an_image(server: Server, tmp_path: Path):
+    """Swagger UI at /docs, from the server's own files: POST /predict's form sends a file and shows the answer."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    (tmp_path / "one.png").write_bytes(png(stroke_digit()))
+    driver = chromium()
+    try:
+        driver.get(server.url + "/docs")
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#operations-default-post_predict"))
+        driver.find_element(By.CSS_SELECTOR, "#operations-default-post_predict .opblock-summary").click()
+        upload = WebDriverWait(driver, 20).until(lambda d: d.find_element(By.CSS_SELECTOR, "input[type=file]"))
+        upload.send_keys(str(tmp_path / "one.png"))
+        driver.find_element(By.CSS_SELECTOR, "button.execute").click()
+        body = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".live-responses-table"
+                                                                                         " .response-col_description pre"))
+        answer = json.loads(body.text)
+        assert answer["class"] == "1" and len(answer["probabilities"]) == 10
+        driver.execute_script("arguments[0].scrollIntoView()", body)
+        driver.save_screenshot(str(tmp_path / "docs_upload.png"))
     finally:
         driver.quit()

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -247,22 +248,26 @@ def _no_grad(model: Callable[[torch.Tensor], torch.Tensor]) -> Predict:
 
 
 class NativeLog:
-    """What C++ code writes to stderr (file descriptor 2) inside the `with` block, kept instead of shown.
+    """What ExecuTorch's runtime logs inside the `with` block, kept instead of shown.
 
-    ExecuTorch's runtime logs its CPU probing on every load, and the reason it refuses a file, there."""
+    It logs its CPU probing on every load, and the reason it refuses a file: from C++ to file descriptor 2,
+    or through Python's sys.stderr; both are caught."""
 
     def __enter__(self) -> NativeLog:
         sys.stderr.flush()
         self._file = tempfile.TemporaryFile()
         self._saved = os.dup(2)
         os.dup2(self._file.fileno(), 2)
+        self._python = contextlib.redirect_stderr(io.StringIO())
+        self._caught = self._python.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._python.__exit__(*exc)
         os.dup2(self._saved, 2)
         os.close(self._saved)
         self._file.seek(0)
-        self.text = self._file.read().decode(errors="replace")
+        self.text = self._file.read().decode(errors="replace") + self._caught.getvalue()
         self._file.close()
 
     def last_line(self) -> str:
@@ -304,9 +309,8 @@ def read_executorch(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Te
             error = e
         else:
             error = None
-    if error is not None:
-        reason = log.last_line()
-        raise RuntimeError(f"{str(error).strip()}{'; ' + reason if reason else ''}") from None
+    if error is not None:  # the runtime's own line says why ("Failed to load program, error: 0x23" does not)
+        raise RuntimeError(log.last_line() or str(error).strip()) from None
     meta = json.loads(info) if info else {}
     bound = int(meta.get("max_batch", PTE_MAX_BATCH))
 

@@ -34,7 +34,7 @@ LOADER = textwrap.dedent("""
             from executorch.runtime import Runtime
             program = Runtime.get().load_program(model_path)
             forward = program.load_method("forward")
-            model = lambda x: forward.execute([x])[0].clone()
+            model = lambda x: forward.execute([x])[0]
             files["mnist_lit.json"] = program.load_method("mnist_lit.json").execute([])[0]
         else:
             import onnxruntime

@@ -184,7 +184,8 @@ def test_quantize_asks_one_line_each(tmp_path: Path, capsys):
 def test_pte_without_the_edge_extra_names_it(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch):
     make_checkpoint("softmax_regression", tmp_path / "model.ckpt")
     (tmp_path / "model.pte").write_bytes(b"\x1c\x00\x00\x00ET12" + bytes(200))  # a .pte's first bytes
-    monkeypatch.setitem(sys.modules, "executorch", None)  # as if `pip install 'mnist-lit[edge]'` never ran
+    for name in ("executorch", "executorch.exir", "executorch.runtime", "torchao"):  # also when imported already
+        monkeypatch.setitem(sys.modules, name, None)  # as if `pip install 'mnist-lit[edge]'` never ran
     assert run("export", str(tmp_path / "model.ckpt"), "--format", "pte", "--output", str(tmp_path / "new.pte")) == 1
     assert capsys.readouterr().err == ("mnist_lit: error: ExecuTorch export (--format pte) needs the edge extra: "
                                        "pip install 'mnist-lit[edge]'\n")

@@ -187,7 +187,7 @@ def classify(model: Predict, meta: dict[str, Any], path: Path, save_dir: Path | 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m mnist_lit classify", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a .ckpt, .pt (TorchScript), .pt2 or .onnx model file")
+    parser.add_argument("--model", required=True, help="a .ckpt, .pt (TorchScript), .pt2, .onnx or .pte (ExecuTorch) model file")
     parser.add_argument("images", nargs="+", help="image files or folders of images")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--save-preprocessed", type=Path, metavar="DIR", help="write the 28x28 image the model saw")

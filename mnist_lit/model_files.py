@@ -6,15 +6,20 @@
   `checkpoint_model` rebuilds a checkpoint's network.
 - Weights (`read_weights`, `load_weights`): a network's state_dict from a `.ckpt`, an exported TorchScript
   `.pt`, or a Keras `.keras` / `.h5` file (through `keras_file`), checked to hold the same tutorial.
-- Exported models (`load_model`): a `.ckpt`, `.pt`, `.pt2` or `.onnx` file as one function, images in and
-  probabilities out, with the metadata that travels inside the file (`META_NAME`, see `export`).
+- Exported models (`load_model`): a `.ckpt`, `.pt`, `.pt2`, `.onnx` or `.pte` (ExecuTorch) file as one
+  function, images in and probabilities out, with the metadata that travels inside the file (`META_NAME`,
+  see `export`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
+import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -35,7 +40,10 @@ META_NAME = "mnist_lit.json"  # the metadata's name inside every exported file
 INPUT = "float32 N x 1 x 28 x 28, pixels / 255 in [0, 1], light ink on black (MNIST style)"
 OUTPUT = "float32 N x 10 class probabilities (softmax)"
 WEIGHT_SUFFIXES = (".keras", ".h5", ".ckpt", ".pt")  # what `read_weights` takes
-MODEL_SUFFIXES = (".ckpt", ".pt", ".pt2", ".onnx")  # what `load_model` takes
+MODEL_SUFFIXES = (".ckpt", ".pt", ".pt2", ".onnx", ".pte")  # what `load_model` takes
+PTE_MAX_BATCH = 1024  # the most images one call of an exported ExecuTorch program takes (memory is planned for it)
+EDGE_EXTRA = "edge"  # the extra that holds ExecuTorch and torchao
+FORMAT_NAMES = {".pt": "TorchScript", ".pt2": "torch.export", ".onnx": "ONNX", ".pte": "ExecuTorch (XNNPACK)"}
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # images N x 1 x 28 x 28 in [0, 1] -> probabilities N x 10
 
@@ -239,10 +247,84 @@ def _no_grad(model: Callable[[torch.Tensor], torch.Tensor]) -> Predict:
     return run
 
 
+class NativeLog:
+    """What ExecuTorch's runtime logs inside the `with` block, kept instead of shown.
+
+    It logs its CPU probing on every load, and the reason it refuses a file: from C++ to file descriptor 2,
+    or through Python's sys.stderr; both are caught."""
+
+    def __enter__(self) -> NativeLog:
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        self._python = contextlib.redirect_stderr(io.StringIO())
+        self._caught = self._python.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._python.__exit__(*exc)
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read().decode(errors="replace") + self._caught.getvalue()
+        self._file.close()
+
+    def last_line(self) -> str:
+        lines = [line.split("] ", 1)[-1] for line in self.text.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+
+def read_executorch(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
+    """An ExecuTorch program written by `export --format pte`, and the metadata inside it ({} when none).
+
+    Larger inputs than the program's planned batch (`max_batch`) run in slices of that size.
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(8)
+    # a flatbuffer's identifier (ET12...) sits at bytes 4-8; the runtime aborts the whole process, rather
+    # than raising, when it logs the identifier of random bytes that are not text
+    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isalnum():
+        raise ValueError("not an ExecuTorch program")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "this API is experimental"
+            pytree_log = logging.getLogger("torch.utils._pytree")  # torchao's deprecated registrations
+            level = pytree_log.level
+            pytree_log.setLevel(logging.ERROR)
+            try:
+                from executorch.runtime import Runtime
+            finally:
+                pytree_log.setLevel(level)
+    except ImportError:
+        raise UserError(f"{path}: reading an ExecuTorch .pte needs the {EDGE_EXTRA} extra: "
+                        f"pip install 'mnist-lit[{EDGE_EXTRA}]'") from None
+    with NativeLog() as log:
+        try:
+            program = Runtime.get().load_program(path)
+            forward = program.load_method("forward")
+            info = program.load_method(META_NAME).execute([])[0] if META_NAME in program.method_names else ""
+        except Exception as e:
+            error = e
+        else:
+            error = None
+    if error is not None:  # the runtime's own line says why ("Failed to load program, error: 0x23" does not)
+        raise RuntimeError(log.last_line() or str(error).strip()) from None
+    meta = json.loads(info) if info else {}
+    bound = int(meta.get("max_batch", PTE_MAX_BATCH))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([forward.execute([part.contiguous()])[0] for part in x.split(bound)])
+    return run, meta
+
+
 def _read_exported(path: Path, suffix: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
     """An exported file's model and the metadata inside it ({} when it has none)."""
     if suffix == ".pt":
         return read_torchscript(path)
+    if suffix == ".pte":
+        return read_executorch(path)
     files = {META_NAME: ""}
     if suffix == ".pt2":
         export_log = logging.getLogger("torch.export")
@@ -263,7 +345,8 @@ def _read_exported(path: Path, suffix: str) -> tuple[Callable[[torch.Tensor], to
 
 
 def load_model(path: str | Path) -> tuple[Predict, dict[str, Any]]:
-    """Any of the four model files as `images (N x 1 x 28 x 28) -> probabilities (N x 10)`, with its metadata."""
+    """Any of the five model files as `images (N x 1 x 28 x 28) -> probabilities (N x 10)`, with its metadata;
+    an exported file's metadata names its format, and an int8 one its quantization."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such model file")
@@ -275,8 +358,10 @@ def load_model(path: str | Path) -> tuple[Predict, dict[str, Any]]:
         return _no_grad(Probabilities(net).eval()), metadata(meta)
     try:
         model, meta = _read_exported(path, suffix)
+    except UserError:
+        raise
     except Exception as e:
-        raise UserError(f"{path}: cannot load the model ({e.__class__.__name__}: {str(e).strip()[:120]})") from None
+        raise UserError(f"{path}: cannot load the model ({e.__class__.__name__}: {str(e).strip()[:160]})") from None
     if len(meta.get("classes", [])) != 10:
         raise UserError(f"{path}: no mnist_lit metadata (class names) inside; export it with python -m mnist_lit export")
-    return _no_grad(model), meta
+    return _no_grad(model), {**meta, "format": FORMAT_NAMES[suffix]}

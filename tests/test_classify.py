@@ -141,7 +141,8 @@ def test_every_model_format_gives_the_checkpoints_answer(fmt: str, model_file: P
 
 
 @pytest.mark.parametrize("name, message", [
-    ("model.h5", "not a model file this reads (.ckpt, .pt, .pt2 or .onnx)"),
+    ("model.h5", "not a model file this reads (.ckpt, .pt, .pt2, .onnx or .pte)"),
+    ("broken.pte", "cannot load the model (ValueError: not an ExecuTorch program)"),
     ("missing.pt", "no such model file"),
     ("broken.pt2", "cannot load the model"),
 ])

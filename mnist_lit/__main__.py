@@ -22,7 +22,7 @@ LIGHTNING_COMMANDS = {
 }
 OWN_COMMANDS = {
     "report": "summary, curves, confusion matrix and worst mistakes of a checkpoint",
-    "export": "a checkpoint as TorchScript, torch.export (.pt2) or ONNX, for use without mnist_lit",
+    "export": "a checkpoint as TorchScript, .pt2, ONNX or ExecuTorch .pte (int8 on request), for use without mnist_lit",
     "classify": "classify photos of digits with a checkpoint or an exported model",
     "import-keras": "a model trained in Keras (.keras or .h5) becomes an mnist_lit checkpoint",
     "serve": "an HTTP API and a page to draw a digit on (LitServe)",

@@ -388,7 +388,7 @@ def port_free(host: str, port: int) -> None:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mnist_lit serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a .ckpt, .pt (TorchScript), .pt2 or .onnx model file")
+    parser.add_argument("--model", required=True, help="a .ckpt, .pt (TorchScript), .pt2, .onnx or .pte (ExecuTorch) model file")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on: 127.0.0.1 (this machine only, the default), 0.0.0.0 or ::")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on, 1024 to 65535 (default 8000)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ from mnist_lit.errors import UserError
 from mnist_lit.models import TUTORIALS
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# The tutorials' weights are at most 1.6 MB (dense512's), and a .keras file of one at most a few MB. A
+# file may declare far more than it holds (a zip member that inflates to gigabytes, an HDF5 dataset of a
+# terabyte with nothing stored): sizes over these are refused before anything is read.
+MAX_WEIGHT_BYTES = 64 << 20
+MAX_CONFIG_BYTES = 4 << 20
 
 
 @dataclass
@@ -53,7 +59,8 @@ def read_keras(path: str | Path) -> KerasModel:
             return _read_zip(path)
         if head == HDF5_MAGIC:
             return _read_legacy_h5(path)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:  # truncated or inconsistent inside
+    except (OSError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile) as e:  # truncated or inconsistent inside
+        # (h5py raises RuntimeError for some damaged HDF5 structures)
         raise UserError(f"{path}: damaged Keras file ({e.__class__.__name__}: {str(e).splitlines()[0][:120]})") from None
     raise UserError(f"{path}: not a Keras model file (neither a .keras zip nor an HDF5 .h5 file)")
 
@@ -63,8 +70,17 @@ def _layers_of(path: Path, config: Any) -> list[dict[str, Any]]:
             or not isinstance(config["config"].get("layers"), list):
         raise UserError(f"{path}: the model config has no list of layers (a subclassed model cannot be read)")
     if config.get("class_name") not in ("Sequential", "Functional", "Model"):
-        raise UserError(f"{path}: a {config.get('class_name')} model; only Sequential and Functional models can be read")
-    return config["config"]["layers"]
+        raise UserError(f"{path}: a {shown(config.get('class_name'))} model; only Sequential and Functional models can be read")
+    layers = config["config"]["layers"]
+    if not all(isinstance(layer, dict) and isinstance(layer.get("config", {}), dict) for layer in layers):
+        raise UserError(f"{path}: the model config's layers are not each a class name and a config")
+    return layers
+
+
+def shown(value: Any) -> str:
+    """A value from the file as one short printable line, for messages."""
+    text = value if isinstance(value, str) and value.isprintable() else ascii(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _text(value: Any) -> str:
@@ -78,22 +94,50 @@ def _read_zip(path: Path) -> KerasModel:
         names = set(z.namelist())
         if not {"config.json", "model.weights.h5"} <= names:
             raise UserError(f"{path}: a zip file, but not a Keras model (no config.json and model.weights.h5 in it)")
-        try:
-            config = json.loads(z.read("config.json"))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: config.json is not valid JSON ({e.msg})") from None
+        for name, limit in (("config.json", MAX_CONFIG_BYTES), ("model.weights.h5", MAX_WEIGHT_BYTES + MAX_CONFIG_BYTES)):
+            if z.getinfo(name).file_size > limit:
+                raise UserError(f"{path}: {name} inflates to {z.getinfo(name).file_size:,} bytes, more than a "
+                                f"tutorial's model ({limit:,} at most)")
+        config = _json(path, "config.json", z.read("config.json"))
         weights_file = io.BytesIO(z.read("model.weights.h5"))
     model = KerasModel(path, _layers_of(path, config))
     with h5py.File(weights_file, "r") as h5:
         layers = h5.get("layers")
-        for group in (layers.values() if layers is not None else []):
-            variables = group.get("vars")
-            if variables is None:
+        for group in (layers.values() if isinstance(layers, h5py.Group) else []):
+            variables = group.get("vars") if isinstance(group, h5py.Group) else None
+            if not isinstance(variables, h5py.Group):
                 continue
             # the group's own key is a generic attribute name; the layer's config name is on "vars"
             name = _text(variables.attrs.get("name", group.name.rsplit("/", 1)[-1]))
-            model.weights[name] = [variables[str(i)][()] for i in range(len(variables))]
+            model.weights[name] = _arrays(model, [variables.get(str(i)) for i in range(len(variables))])
     return model
+
+
+def _json(path: Path, what: str, text: str | bytes) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: {what} is not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: {what} is nested too deeply to be a model config") from None
+
+
+def _arrays(model: KerasModel, items: list[Any]) -> list[np.ndarray]:
+    """The values of a layer's HDF5 datasets, each size checked before it is read (see MAX_WEIGHT_BYTES)."""
+    import h5py
+
+    total = sum(a.nbytes for arrays in model.weights.values() for a in arrays)
+    values = []
+    for item in items:
+        if not isinstance(item, h5py.Dataset):
+            what = "a weight it names is missing" if item is None else f"weight {item.name} is not an array"
+            raise UserError(f"{model.path}: {what}")
+        total += math.prod(item.shape or ()) * item.dtype.itemsize
+        if total > MAX_WEIGHT_BYTES:
+            raise UserError(f"{model.path}: weight {item.name} of shape {item.shape} takes the file's weights over "
+                            f"{MAX_WEIGHT_BYTES >> 20} MB; no tutorial's network is that large")
+        values.append(item[()])
+    return values
 
 
 def _read_legacy_h5(path: Path) -> KerasModel:
@@ -104,17 +148,14 @@ def _read_legacy_h5(path: Path) -> KerasModel:
         if raw is None:
             raise UserError(f"{path}: an HDF5 file with no model config (a save_weights file? save the whole "
                             "model with model.save)")
-        try:
-            config = json.loads(_text(raw))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: its model config is not valid JSON ({e.msg})") from None
+        config = _json(path, "its model config", _text(raw))
         model = KerasModel(path, _layers_of(path, config))
         group = h5["model_weights"] if "model_weights" in h5 else h5
         for name in map(_text, group.attrs.get("layer_names", [])):
             layer = group[name]
             weight_names = [_text(w) for w in layer.attrs.get("weight_names", [])]
             if weight_names:
-                model.weights[name] = [layer[w][()] for w in weight_names]
+                model.weights[name] = _arrays(model, [layer.get(w) for w in weight_names])
     return model
 
 
@@ -273,9 +314,14 @@ def to_torch(model: KerasModel) -> nn.Sequential:
     for i, layer in enumerate(body):
         kind, config = layer.get("class_name"), layer.get("config", {})
         name = config.get("name", f"#{i}")
-        if kind not in CONVERTERS:
-            raise walk.refuse(name, f"is a {kind}, which none of the tutorials has")
-        modules += CONVERTERS[kind](walk, name, config, i == len(body) - 1)
+        name = name if isinstance(name, str) and name.isprintable() else shown(name)
+        if not isinstance(kind, str) or kind not in CONVERTERS:
+            raise walk.refuse(name, f"is a {shown(kind)}, which none of the tutorials has")
+        try:
+            modules += CONVERTERS[kind](walk, name, config, i == len(body) - 1)
+        except (KeyError, TypeError, ValueError, OverflowError, RuntimeError) as e:  # a value missing or of no use
+            detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+            raise walk.refuse(name, f"({kind}) has a config this cannot use ({e.__class__.__name__}: {detail})") from None
     return nn.Sequential(*modules)
 
 

@@ -289,15 +289,15 @@ CONVERTERS: dict[str, Converter] = {"Dense": dense, "Conv2D": conv2d, "MaxPoolin
 
 
 def _input_shape(model: KerasModel) -> tuple[int, ...]:
-    for layer in model.layers:
-        config = layer.get("config", {})
-        shape = config.get("batch_shape") or config.get("batch_input_shape")
-        if shape:
-            return tuple(shape[1:])
-    build = model.layers[0].get("build_config", {}) if model.layers else {}
-    if build.get("input_shape"):
-        return tuple(build["input_shape"][1:])
-    raise UserError(f"{model.path}: the model config gives no input shape")
+    shapes = [layer.get("config", {}).get(key) for layer in model.layers for key in ("batch_shape", "batch_input_shape")]
+    build = model.layers[0].get("build_config") if model.layers else None
+    shapes.append(build.get("input_shape") if isinstance(build, dict) else None)
+    shape = next((s for s in shapes if s), None)
+    if shape is None:
+        raise UserError(f"{model.path}: the model config gives no input shape")
+    if not isinstance(shape, list):
+        raise UserError(f"{model.path}: the model config's input shape {shown(shape)} is not a list")
+    return tuple(shape[1:])
 
 
 def to_torch(model: KerasModel) -> nn.Sequential:

@@ -22,6 +22,7 @@ written under tests/fuzz_regressions/<reader>/, which tests/test_fuzz.py replays
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import gzip
 import hashlib
@@ -29,6 +30,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import signal
 import sys
 import tempfile
@@ -46,7 +48,9 @@ from tests.helpers import KERAS, REPO, make_checkpoint
 REGRESSIONS = REPO / "tests" / "fuzz_regressions"
 READERS = ("idx", "image", "keras", "checkpoint")
 INPUT_SECONDS = 30  # one input taking longer is a hang (the seeds take milliseconds)
-RSS_BOUND_MB = 1536  # peak RSS of a fuzzing process (its imports alone, torch and Lightning, take ~750 MB)
+# Peak RSS of a fuzzing process: its imports (torch, Lightning) take ~750 MB, and the largest image that
+# classify decodes (MAX_PIXELS, 50 megapixels) up to ~1 GB more (measured: docs/benchmarks.md#fuzzing)
+RSS_BOUND_MB = 2048
 AS_LIMIT = 8 << 30  # address space of a fuzzing process (torch's imports map ~3.6 GB)
 
 
@@ -57,6 +61,7 @@ class Finding(Exception):
 @cache
 def workdir() -> Path:
     root = Path(tempfile.mkdtemp(prefix="mnist_lit-fuzz-"))
+    atexit.register(shutil.rmtree, root, True)
     os.environ.setdefault("MNIST_LIT_CACHE", str(root / "cache"))  # the suite sets its own
     return root
 

@@ -71,6 +71,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("mnist_lit"), dict) \
             or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{path}: not an mnist_lit checkpoint (no model metadata in it)")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in checkpoint["state_dict"].items()):
+        raise UserError(f"{path}: its state_dict holds more than named tensors")
     return checkpoint
 
 

@@ -359,13 +359,24 @@ def _replaced(tree: Any, path: tuple, value: Any, delete: bool = False) -> Any:
 
 
 def _edit_tree(draw, tree: Any, values) -> Any:
+    """1 to 3 edits: a value replaced or deleted, or an entry of any key added to a dict."""
     from hypothesis import strategies as st
 
-    places = _paths(tree)
     for _ in range(draw(st.integers(1, 3))):
-        place = draw(st.sampled_from(places))
-        tree = _replaced(tree, place, draw(values), delete=bool(place) and draw(st.booleans()))
-        places = _paths(tree)
+        place = draw(st.sampled_from(_paths(tree)))
+        edit = draw(st.sampled_from(["replace", "delete", "add"]))
+        here = _at(tree, place)
+        if edit == "add" and isinstance(here, dict):
+            key = draw(st.text(max_size=8) | st.integers() | st.none())
+            tree = _replaced(tree, place, {**here, key: draw(values)})
+        else:
+            tree = _replaced(tree, place, draw(values), delete=bool(place) and edit == "delete")
+    return tree
+
+
+def _at(tree: Any, place: tuple) -> Any:
+    for key in place:
+        tree = tree[key]
     return tree
 
 

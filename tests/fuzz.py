@@ -47,7 +47,7 @@ from tests.helpers import KERAS, REPO, make_checkpoint
 
 REGRESSIONS = REPO / "tests" / "fuzz_regressions"
 READERS = ("idx", "image", "keras", "checkpoint")
-INPUT_SECONDS = 30  # one input taking longer is a hang (the seeds take milliseconds)
+INPUT_SECONDS = 60  # one input taking longer is a hang (a seed takes milliseconds, a 50-megapixel image 15 s)
 # Peak RSS of a fuzzing process: its imports (torch, Lightning) take ~750 MB, and the largest image that
 # classify decodes (MAX_PIXELS, 50 megapixels) up to ~1 GB more (measured: docs/benchmarks.md#fuzzing)
 RSS_BOUND_MB = 2048
@@ -191,9 +191,15 @@ def _answers(model: Callable, then: Callable = lambda p: p) -> None:
 TARGETS: dict[str, Callable[[bytes], str | None]] = {"idx": idx, "image": image, "keras": keras, "checkpoint": checkpoint}
 
 
+@cache
+def _import_readers() -> None:
+    import mnist_lit.classify, mnist_lit.data, mnist_lit.keras_file, mnist_lit.model_files, mnist_lit.models  # noqa: E401,F401
+
+
 def run_one(reader: str, data: bytes) -> str | None:
     """One input through a target: the reader's one-line refusal, or None when it read the file. Raises
     Finding (anything unexpected becomes one, with its traceback)."""
+    _import_readers()  # (not timed: importing Lightning takes seconds, more on a busy machine)
     try:
         with time_limit(INPUT_SECONDS):
             return TARGETS[reader](data)

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -59,8 +60,8 @@ def read_keras(path: str | Path) -> KerasModel:
             return _read_zip(path)
         if head == HDF5_MAGIC:
             return _read_legacy_h5(path)
-    except (OSError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile) as e:  # truncated or inconsistent inside
-        # (h5py raises RuntimeError for some damaged HDF5 structures)
+    except (OSError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile, zlib.error) as e:  # truncated or inconsistent
+        # inside (h5py raises RuntimeError for some damaged HDF5 structures, zipfile zlib.error for a damaged member)
         raise UserError(f"{path}: damaged Keras file ({e.__class__.__name__}: {str(e).splitlines()[0][:120]})") from None
     raise UserError(f"{path}: not a Keras model file (neither a .keras zip nor an HDF5 .h5 file)")
 

@@ -570,7 +570,10 @@ def keep(reader: str, data: bytes) -> Path:
 
 
 def regressions(reader: str) -> list[Path]:
-    return sorted((REGRESSIONS / reader).glob("*.bin"))
+    """Every file kept for a reader: this harness's findings (<hash>.bin), the bombs, and atheris' own
+    (atheris-crash-<hash>, -oom-, -timeout-; renamed when they were looked into)."""
+    folder = REGRESSIONS / reader
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
 # ---------------------------------------------------------------- the command line

@@ -48,11 +48,47 @@ class KerasModel:
 # ---------------------------------------------------------------- reading the file
 
 
+READ_SECONDS = 60  # far more than any tutorial's file takes (milliseconds)
+
+
 def read_keras(path: str | Path) -> KerasModel:
-    """Read a Keras 3 `.keras` zip or a legacy `.h5` file, or say in one line why it is neither."""
+    """Read a Keras 3 `.keras` zip or a legacy `.h5` file, or say in one line why it is neither.
+
+    The HDF5 library reads in a process of its own (forked): on some damaged files it loops without end
+    inside C code, where no signal or timeout of Python's reaches it (found by fuzzing, HDF5 2.0.0), so
+    the child is killed after READ_SECONDS instead."""
+    import multiprocessing
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_read_into, args=(path, send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(READ_SECONDS):
+            raise UserError(f"{path}: damaged Keras file (reading it took over {READ_SECONDS} s)")
+        kind, value = receive.recv()
+    except EOFError:  # the child died (the kernel's OOM killer, a crash inside HDF5)
+        raise UserError(f"{path}: damaged Keras file (the reader stopped: exit status {child.exitcode})") from None
+    finally:
+        child.kill()
+        child.join()
+    if kind == "error":
+        raise value
+    return value
+
+
+def _read_into(path: Path, send) -> None:
+    try:
+        send.send(("model", _read(path)))
+    except UserError as e:
+        send.send(("error", e))
+
+
+def _read(path: Path) -> KerasModel:
     with open(path, "rb") as f:
         head = f.read(8)
     try:

@@ -154,9 +154,11 @@ def _model_file(data: bytes, name: str) -> Path:
 
 def keras(data: bytes) -> str | None:
     """The bytes as a file named .keras (the reader goes by the contents: zip or HDF5)."""
+    from mnist_lit import keras_file
     from mnist_lit.errors import UserError
     from mnist_lit.keras_file import tutorial_of
 
+    keras_file.READ_SECONDS = 5  # a reader looping inside HDF5 is stopped sooner than a user's 60 s
     path = _model_file(data, "model.keras")
     try:
         model = tutorial_of(path)

@@ -79,7 +79,8 @@ def load_gray(path: Path | BinaryIO) -> np.ndarray:
         if isinstance(e, UnidentifiedImageError):
             raise NotAnImage("not an image format this reads (PNG, JPEG, GIF, BMP, TIFF, WebP, PGM...)") from None
         raise ImageError("image is too large (decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError) as e:  # a truncated file, a mode Pillow cannot convert (LAB)...
+    except (OSError, SyntaxError, ValueError, TypeError) as e:  # a truncated file, a mode Pillow cannot convert (LAB),
+        # a damaged TIFF tag (TypeError)...
         raise ImageError(f"unreadable image ({str(e).splitlines()[0] if str(e) else e.__class__.__name__})") from None
 
 

@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal
@@ -84,9 +85,10 @@ class DataError(UserError):
 # ---------------------------------------------------------------- IDX files
 
 
-def check_idx(path: Path, magic: int, shown: Path | None = None) -> None:
+def check_idx(path: Path, magic: int, shown: Path | None = None) -> tuple[int, ...]:
     """Raise a one-line DataError if an uncompressed IDX file has the wrong magic number, a cut header, or
-    a length that does not match its shape. `shown`: the file to name (the user's, not our copy)."""
+    a length that does not match its shape; else return its shape. `shown`: the file to name (the user's,
+    not our copy)."""
     shown = shown or path
     try:
         size = path.stat().st_size
@@ -99,14 +101,20 @@ def check_idx(path: Path, magic: int, shown: Path | None = None) -> None:
     found = int.from_bytes(head[:4], "big")
     if found != magic:
         raise DataError(f"{shown}: wrong magic number 0x{found:08x}, expected 0x{magic:08x}")
-    header = 4 + 4 * (magic & 0xFF)
-    if size < header:
+    if size < 4 + 4 * (magic & 0xFF):
         raise DataError(f"{shown}: truncated header")
-    shape = tuple(int.from_bytes(head[i: i + 4], "big") for i in range(4, header, 4))
-    expected = header + math.prod(shape)
+    shape, expected = _declared(head)
     if size != expected:
         state = "truncated" if size < expected else "has trailing bytes"
         raise DataError(f"{shown}: {state}: {size} bytes for shape {shape}, expected {expected}")
+    return shape
+
+
+def _declared(head: bytes) -> tuple[tuple[int, ...], int]:
+    """The shape a uint8 IDX header declares (its fourth byte counts the dimensions) and the file's size."""
+    header = 4 + 4 * head[3]
+    shape = tuple(int.from_bytes(head[i: i + 4], "big") for i in range(4, header, 4))
+    return shape, header + math.prod(shape)
 
 
 def _file(folder: Path, name: str) -> Path | None:
@@ -180,11 +188,26 @@ def _raw_copy(src: Path, dst: Path) -> Path:
 
 
 def _decompress(src: Path, tmp: Path) -> None:
+    """`src` decompressed into `tmp`, up to the size its IDX header declares: a small .gz that unpacks to
+    gigabytes more than that stops there."""
     with open(tmp, "wb") as fout:
         try:
             with gzip.open(src, "rb") as fin:
-                shutil.copyfileobj(fin, fout)
-        except (EOFError, gzip.BadGzipFile, OSError) as e:
+                head = fin.read(4)
+                if len(head) == 4:
+                    head += fin.read(4 * head[3])
+                fout.write(head)
+                if len(head) < 4 or len(head) < 4 + 4 * head[3]:
+                    return  # a cut header: check_idx names the problem
+                shape, expected = _declared(head)
+                left = expected - len(head)
+                while left > 0 and (chunk := fin.read(min(left, 1 << 20))):
+                    fout.write(chunk)
+                    left -= len(chunk)
+                if left == 0 and fin.read(1):
+                    raise DataError(f"{src}: decompresses to more than the {expected} bytes its header "
+                                    f"declares for shape {shape}")
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
                 raise
             kind = "truncated gzip stream" if isinstance(e, EOFError) else f"unreadable ({e.__class__.__name__}: {e})"
@@ -218,26 +241,29 @@ def read_dataset(dataset: str, folder: Path, split: str, **kwargs) -> datasets.M
     """
     info = DATASETS[dataset]
     root, copies = _copies(dataset, folder)
-    paths = []
+    paths, shapes = [], []
     for name, magic in zip(SPLITS[split], (IMAGES_MAGIC, LABELS_MAGIC)):
         src, copy = copies[name]
         try:
-            check_idx(copy, magic, shown=src)
+            shapes.append(check_idx(copy, magic, shown=src))
         except DataError:
             copy.unlink(missing_ok=True)  # our copy of a damaged file: made again once the file is mended
             raise
         paths.append(src)
+    # before torchvision reads them (it makes the labels int64, 8 bytes each: a labels file that
+    # disagrees with the images would otherwise cost 8 times its size first)
+    (count, *size), (labels,) = shapes
+    if tuple(size) != (28, 28):
+        raise DataError(f"{paths[0]}: images are {'x'.join(map(str, size))}, expected 28x28")
+    if count != labels:
+        raise DataError(f"{paths[0]}: {count} images but {paths[1].name} has {labels} labels")
     try:
         ds = info.reader(str(root), train=split == "train", download=False, **kwargs)
     except Exception as e:  # torchvision's reader: checked above, so unexpected
         detail = (str(e).strip().splitlines() or [""])[0][:120]
         raise DataError(f"{paths[0]}, {paths[1].name}: torchvision could not read them "
                         f"({e.__class__.__name__}: {detail})") from None
-    images, labels = ds.data, ds.targets
-    if tuple(images.shape[1:]) != (28, 28):
-        raise DataError(f"{paths[0]}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
-    if len(images) != len(labels):
-        raise DataError(f"{paths[0]}: {len(images)} images but {paths[1].name} has {len(labels)} labels")
+    labels = ds.targets
     if labels.numel() and int(labels.max()) > 9:
         raise DataError(f"{paths[1]}: label {int(labels.max())} outside 0..9")
     return ds

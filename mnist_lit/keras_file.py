@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +29,11 @@ from mnist_lit.errors import UserError
 from mnist_lit.models import TUTORIALS
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# The tutorials' weights are at most 1.6 MB (dense512's), and a .keras file of one at most a few MB. A
+# file may declare far more than it holds (a zip member that inflates to gigabytes, an HDF5 dataset of a
+# terabyte with nothing stored): sizes over these are refused before anything is read.
+MAX_WEIGHT_BYTES = 64 << 20
+MAX_CONFIG_BYTES = 4 << 20
 
 
 @dataclass
@@ -41,11 +48,50 @@ class KerasModel:
 # ---------------------------------------------------------------- reading the file
 
 
+READ_SECONDS = 60  # far more than any tutorial's file takes (milliseconds)
+ISOLATE = True  # read in a child process (see read_keras); coverage-guided fuzzing reads in its own
+
+
 def read_keras(path: str | Path) -> KerasModel:
-    """Read a Keras 3 `.keras` zip or a legacy `.h5` file, or say in one line why it is neither."""
+    """Read a Keras 3 `.keras` zip or a legacy `.h5` file, or say in one line why it is neither.
+
+    The HDF5 library reads in a process of its own (forked): on some damaged files it loops without end
+    inside C code, where no signal or timeout of Python's reaches it (found by fuzzing, HDF5 2.0.0), so
+    the child is killed after READ_SECONDS instead."""
+    import multiprocessing
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    if not ISOLATE:
+        return _read(path)
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_read_into, args=(path, send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(READ_SECONDS):
+            raise UserError(f"{path}: damaged Keras file (reading it took over {READ_SECONDS} s)")
+        kind, value = receive.recv()
+    except EOFError:  # the child died (the kernel's OOM killer, a crash inside HDF5)
+        raise UserError(f"{path}: damaged Keras file (the reader stopped: exit status {child.exitcode})") from None
+    finally:
+        child.kill()
+        child.join()
+    if kind == "error":
+        raise value
+    return value
+
+
+def _read_into(path: Path, send) -> None:
+    try:
+        send.send(("model", _read(path)))
+    except UserError as e:
+        send.send(("error", e))
+
+
+def _read(path: Path) -> KerasModel:
     with open(path, "rb") as f:
         head = f.read(8)
     try:
@@ -53,7 +99,8 @@ def read_keras(path: str | Path) -> KerasModel:
             return _read_zip(path)
         if head == HDF5_MAGIC:
             return _read_legacy_h5(path)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:  # truncated or inconsistent inside
+    except (OSError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile, zlib.error) as e:  # truncated or inconsistent
+        # inside (h5py raises RuntimeError for some damaged HDF5 structures, zipfile zlib.error for a damaged member)
         raise UserError(f"{path}: damaged Keras file ({e.__class__.__name__}: {str(e).splitlines()[0][:120]})") from None
     raise UserError(f"{path}: not a Keras model file (neither a .keras zip nor an HDF5 .h5 file)")
 
@@ -63,8 +110,17 @@ def _layers_of(path: Path, config: Any) -> list[dict[str, Any]]:
             or not isinstance(config["config"].get("layers"), list):
         raise UserError(f"{path}: the model config has no list of layers (a subclassed model cannot be read)")
     if config.get("class_name") not in ("Sequential", "Functional", "Model"):
-        raise UserError(f"{path}: a {config.get('class_name')} model; only Sequential and Functional models can be read")
-    return config["config"]["layers"]
+        raise UserError(f"{path}: a {shown(config.get('class_name'))} model; only Sequential and Functional models can be read")
+    layers = config["config"]["layers"]
+    if not all(isinstance(layer, dict) and isinstance(layer.get("config", {}), dict) for layer in layers):
+        raise UserError(f"{path}: the model config's layers are not each a class name and a config")
+    return layers
+
+
+def shown(value: Any) -> str:
+    """A value from the file as one short printable line, for messages."""
+    text = value if isinstance(value, str) and value.isprintable() else ascii(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _text(value: Any) -> str:
@@ -78,22 +134,50 @@ def _read_zip(path: Path) -> KerasModel:
         names = set(z.namelist())
         if not {"config.json", "model.weights.h5"} <= names:
             raise UserError(f"{path}: a zip file, but not a Keras model (no config.json and model.weights.h5 in it)")
-        try:
-            config = json.loads(z.read("config.json"))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: config.json is not valid JSON ({e.msg})") from None
+        for name, limit in (("config.json", MAX_CONFIG_BYTES), ("model.weights.h5", MAX_WEIGHT_BYTES + MAX_CONFIG_BYTES)):
+            if z.getinfo(name).file_size > limit:
+                raise UserError(f"{path}: {name} inflates to {z.getinfo(name).file_size:,} bytes, more than a "
+                                f"tutorial's model ({limit:,} at most)")
+        config = _json(path, "config.json", z.read("config.json"))
         weights_file = io.BytesIO(z.read("model.weights.h5"))
     model = KerasModel(path, _layers_of(path, config))
     with h5py.File(weights_file, "r") as h5:
         layers = h5.get("layers")
-        for group in (layers.values() if layers is not None else []):
-            variables = group.get("vars")
-            if variables is None:
+        for group in (layers.values() if isinstance(layers, h5py.Group) else []):
+            variables = group.get("vars") if isinstance(group, h5py.Group) else None
+            if not isinstance(variables, h5py.Group):
                 continue
             # the group's own key is a generic attribute name; the layer's config name is on "vars"
             name = _text(variables.attrs.get("name", group.name.rsplit("/", 1)[-1]))
-            model.weights[name] = [variables[str(i)][()] for i in range(len(variables))]
+            model.weights[name] = _arrays(model, [variables.get(str(i)) for i in range(len(variables))])
     return model
+
+
+def _json(path: Path, what: str, text: str | bytes) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: {what} is not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: {what} is nested too deeply to be a model config") from None
+
+
+def _arrays(model: KerasModel, items: list[Any]) -> list[np.ndarray]:
+    """The values of a layer's HDF5 datasets, each size checked before it is read (see MAX_WEIGHT_BYTES)."""
+    import h5py
+
+    total = sum(a.nbytes for arrays in model.weights.values() for a in arrays)
+    values = []
+    for item in items:
+        if not isinstance(item, h5py.Dataset):
+            what = "a weight it names is missing" if item is None else f"weight {item.name} is not an array"
+            raise UserError(f"{model.path}: {what}")
+        total += math.prod(item.shape or ()) * item.dtype.itemsize
+        if total > MAX_WEIGHT_BYTES:
+            raise UserError(f"{model.path}: weight {item.name} of shape {item.shape} takes the file's weights over "
+                            f"{MAX_WEIGHT_BYTES >> 20} MB; no tutorial's network is that large")
+        values.append(item[()])
+    return values
 
 
 def _read_legacy_h5(path: Path) -> KerasModel:
@@ -104,17 +188,14 @@ def _read_legacy_h5(path: Path) -> KerasModel:
         if raw is None:
             raise UserError(f"{path}: an HDF5 file with no model config (a save_weights file? save the whole "
                             "model with model.save)")
-        try:
-            config = json.loads(_text(raw))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: its model config is not valid JSON ({e.msg})") from None
+        config = _json(path, "its model config", _text(raw))
         model = KerasModel(path, _layers_of(path, config))
         group = h5["model_weights"] if "model_weights" in h5 else h5
         for name in map(_text, group.attrs.get("layer_names", [])):
             layer = group[name]
             weight_names = [_text(w) for w in layer.attrs.get("weight_names", [])]
             if weight_names:
-                model.weights[name] = [layer[w][()] for w in weight_names]
+                model.weights[name] = _arrays(model, [layer.get(w) for w in weight_names])
     return model
 
 
@@ -248,15 +329,15 @@ CONVERTERS: dict[str, Converter] = {"Dense": dense, "Conv2D": conv2d, "MaxPoolin
 
 
 def _input_shape(model: KerasModel) -> tuple[int, ...]:
-    for layer in model.layers:
-        config = layer.get("config", {})
-        shape = config.get("batch_shape") or config.get("batch_input_shape")
-        if shape:
-            return tuple(shape[1:])
-    build = model.layers[0].get("build_config", {}) if model.layers else {}
-    if build.get("input_shape"):
-        return tuple(build["input_shape"][1:])
-    raise UserError(f"{model.path}: the model config gives no input shape")
+    shapes = [layer.get("config", {}).get(key) for layer in model.layers for key in ("batch_shape", "batch_input_shape")]
+    build = model.layers[0].get("build_config") if model.layers else None
+    shapes.append(build.get("input_shape") if isinstance(build, dict) else None)
+    shape = next((s for s in shapes if s), None)
+    if shape is None:
+        raise UserError(f"{model.path}: the model config gives no input shape")
+    if not isinstance(shape, list):
+        raise UserError(f"{model.path}: the model config's input shape {shown(shape)} is not a list")
+    return tuple(shape[1:])
 
 
 def to_torch(model: KerasModel) -> nn.Sequential:
@@ -273,9 +354,14 @@ def to_torch(model: KerasModel) -> nn.Sequential:
     for i, layer in enumerate(body):
         kind, config = layer.get("class_name"), layer.get("config", {})
         name = config.get("name", f"#{i}")
-        if kind not in CONVERTERS:
-            raise walk.refuse(name, f"is a {kind}, which none of the tutorials has")
-        modules += CONVERTERS[kind](walk, name, config, i == len(body) - 1)
+        name = name if isinstance(name, str) and name.isprintable() else shown(name)
+        if not isinstance(kind, str) or kind not in CONVERTERS:
+            raise walk.refuse(name, f"is a {shown(kind)}, which none of the tutorials has")
+        try:
+            modules += CONVERTERS[kind](walk, name, config, i == len(body) - 1)
+        except (KeyError, TypeError, ValueError, OverflowError, RuntimeError) as e:  # a value missing or of no use
+            detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+            raise walk.refuse(name, f"({kind}) has a config this cannot use ({e.__class__.__name__}: {detail})") from None
     return nn.Sequential(*modules)
 
 

@@ -76,8 +76,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as e:  # truncated zip, pickle of another kind, random bytes...
         detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
         raise UserError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {detail})") from None
-    if not isinstance(checkpoint, dict) or "mnist_lit" not in checkpoint or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("mnist_lit"), dict) \
+            or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{path}: not an mnist_lit checkpoint (no model metadata in it)")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in checkpoint["state_dict"].items()):
+        raise UserError(f"{path}: its state_dict holds more than named tensors")
     return checkpoint
 
 
@@ -118,10 +121,22 @@ def checkpoint_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     checkpoint = read_checkpoint(path)
     meta = checkpoint["mnist_lit"]
-    if meta.get("tutorial") not in TUTORIALS:
-        raise UserError(f"{path}: unknown tutorial {meta.get('tutorial')!r}")
-    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    model = TUTORIALS[meta["tutorial"]](**hparams)
+    if not isinstance(meta.get("tutorial"), str) or meta["tutorial"] not in TUTORIALS:
+        name = repr(meta["tutorial"])[:80] if isinstance(meta.get("tutorial"), str) else "(no name)"
+        raise UserError(f"{path}: unknown tutorial {name}")
+    classes = meta.get("classes")
+    if not isinstance(meta.get("dataset"), str) or not isinstance(classes, list) or len(classes) != 10 \
+            or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{path}: its metadata lacks the data set's name or its 10 class names")
+    hparams = checkpoint.get("hyper_parameters", {})
+    if not isinstance(hparams, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float, bool, type(None)))
+                                                for k, v in hparams.items()):
+        raise UserError(f"{path}: its hyperparameters are not plain names and values")
+    try:
+        model = TUTORIALS[meta["tutorial"]](**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    except (TypeError, ValueError) as e:  # a name the tutorial does not take, a value out of range
+        raise UserError(f"{path}: hyperparameters the {meta['tutorial']} tutorial does not take "
+                        f"({e.__class__.__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
     _put_weights(Path(path), model.net, net_state(checkpoint["state_dict"]), meta["tutorial"])
     return model.net.eval(), meta
 

@@ -16,7 +16,7 @@ models are written from the tutorials' published recipes, in benchmarks/keras_re
 With --bare, two floors beside them, each in a process of its own over the same data tensors, network,
 optimizer and batch size, with no Lightning, no metrics and no validation: a bare eager loop (forward,
 loss, backward, `optimizer.step()`) and the same steps as one compiled program each
-(`mnist_lit.engine.WholeStep`), its compile included. Both use the engine's thread rule.
+(`mnist_lit.engine.WholeStep`), its compile included. Both follow the engine's thread rule.
 
 With --bf16, each tutorial runs twice more: Keras under its `mixed_bfloat16` policy and mnist_lit with
 `--trainer.precision bf16-mixed`. Run it on an otherwise idle machine: torch's and TensorFlow's thread
@@ -124,7 +124,8 @@ def bare_child(name: str, compiled: str, limit: str = "0") -> None:
     whole = engine.WholeStep.build(model, opt) if compiled == "1" else None
     torch.manual_seed(0)
     x0 = x_all[:bs].float() / 255
-    if engine.forward_macs(model.net, x0) < engine.ONE_THREAD_MACS and "OMP_NUM_THREADS" not in os.environ:
+    small = engine.forward_macs(model.net, x0) < engine.ONE_THREAD_MACS
+    if whole is None and small and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     start = time.perf_counter()
     first = 0.0

@@ -71,7 +71,7 @@ PRIVATE_STEP_COUNTER = ("_on_before_step", "_on_after_step")
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 # with steps_per_execution 0, a group holds about this many samples
 GROUP_SAMPLES = 1024
-# A training step whose forward pass takes fewer multiply-adds than this runs on one intra-op thread:
+# An eager training step whose forward pass takes fewer multiply-adds than this runs on one intra-op thread:
 # its few dozen small kernels each cost less than waking a second thread for them
 # (docs/benchmarks.md#small-steps-one-thread-and-one-compiled-program)
 ONE_THREAD_MACS = 10_000_000
@@ -400,14 +400,19 @@ class Engine(L.LightningModule):
         """Threads and whole steps for this fit, from its first training batch (module docstring)."""
         self._planned = True
         on_cpu = x.device.type == "cpu"
-        if on_cpu and "OMP_NUM_THREADS" not in os.environ and forward_macs(self.net, x) < ONE_THREAD_MACS:
+        self._whole = self._plan_whole_steps(on_cpu)
+        # eager steps only: compiled ones were faster on all threads (docs/benchmarks.md, as above)
+        if (self._whole is None and on_cpu and "OMP_NUM_THREADS" not in os.environ
+                and forward_macs(self.net, x) < ONE_THREAD_MACS):
             # for the rest of the fit, its validation and the data's conversions included: switching back and
             # forth would wake the second thread for each of them; `teardown` puts the count back
             self._threads, self._threads_before = 1, torch.get_num_threads()
             torch.set_num_threads(1)
+
+    def _plan_whole_steps(self, on_cpu: bool) -> WholeStep | None:
         choice = self.hparams.get("compiled_steps")
         if not whole_steps_wanted(choice, self.net, fit_steps(self.trainer), on_cpu):
-            return
+            return None
         if on_cpu and cpp_compiler() is None:
             raise UserError(f"{type(self).__name__}: compiled_steps=True needs a C++ compiler for torch.compile "
                             f"({os.environ.get('CXX', 'g++')} not found; set CXX, or install g++)")
@@ -418,10 +423,10 @@ class Engine(L.LightningModule):
             raise UserError(f"{type(self).__name__}: compiled_steps=True needs one device, full precision, no "
                             f"step hooks and a Keras optimizer (got {type(optimizer).__name__}); drop it to let "
                             "mnist_lit choose")
-        self._whole = whole
         if whole is not None and self.trainer.is_global_zero:  # the first step takes seconds: say why
             print("Compiling the training step into one program (once, seconds; "
                   "--model.init_args.compiled_steps false trains without)", flush=True)
+        return whole
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         if self._trainer is None or self.automatic_optimization:  # Lightning's loop does backward and step

@@ -305,7 +305,7 @@ def test_compiled_whole_steps_make_the_eager_updates_and_keep_dropout_random(dat
     assert StepSpy.seen == [(False, 1)] * 2  # a short fit: not worth a compile; a small step: one thread
     compiled = weights_after(data_root, tmp_path / "compiled", "--model.init_args.dropout", "0",
                              "--model.init_args.compiled_steps", "true")
-    assert StepSpy.seen == [(True, 1)] * 2
+    assert StepSpy.seen == [(True, None)] * 2  # compiled steps keep torch's threads
     assert max(float((a - b).abs().max()) for a, b in zip(eager, compiled)) < 1e-5
     runs = [weights_after(data_root, tmp_path / f"drop{i}", "--model.init_args.compiled_steps", "true",
                           "--seed_everything", str(seed)) for i, seed in enumerate((0, 0, 1))]
@@ -330,19 +330,22 @@ def test_compiled_steps_where_they_cannot_run_is_one_line(data_root: Path, tmp_p
 
 def test_a_step_that_does_not_compile_trains_eagerly_when_mnist_lit_chose_it(data_root: Path, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch, capsys):
-    eager = weights_after(data_root, tmp_path / "eager", "--model.init_args.compiled_steps", "false")
+    no_dropout = ("--model.init_args.dropout", "0")  # the masks of eager steps depend on the thread count
+    eager = weights_after(data_root, tmp_path / "eager", "--model.init_args.compiled_steps", "false", *no_dropout)
 
     def broken(self, x, y):
         raise RuntimeError("no compiler for this\nsecond line")
     monkeypatch.setattr(engine.WholeStep, "_step", broken)
     monkeypatch.setattr(engine, "COMPILE_PAYS_STEPS", 1)  # this 40-step fit counts as long
     capsys.readouterr()
-    fell_back = weights_after(data_root, tmp_path / "auto")
+    fell_back = weights_after(data_root, tmp_path / "auto", *no_dropout)
     out = capsys.readouterr().out
     said = [line for line in out.splitlines() if "compile" in line]
     assert len(said) == 2 and said[0].startswith("Compiling the training step")  # one line each, reason included
     assert said[1].startswith("The training step did not compile (") and said[1].endswith("training with eager steps")
-    assert StepSpy.seen == [(False, 1)] * 2 and all(torch.equal(a, b) for a, b in zip(eager, fell_back))
+    # eager from the first step on: the same updates, on the threads planned for compiled steps (other sums)
+    assert StepSpy.seen == [(False, None)] * 2
+    assert max(float((a - b).abs().max()) for a, b in zip(eager, fell_back)) < 1e-5
     # asked for by name, it is an error instead, in one line
     assert fit("tiny_mlp", data_root, tmp_path / "asked", "--trainer.max_epochs", "1",
                "--model.init_args.compiled_steps", "true") == 1

@@ -4,7 +4,7 @@
 # The TF2 tutorial's small network: Dense layers of 16 and 16 ReLU units, Dropout 0.2, a Dense layer of
 # 10 classes; Adam, 20 epochs of batches of 32, with the test set as validation data so that each
 # epoch shows both loss curves. It then saves the model, loads it back and predicts a photo of a digit.
-# The run on this page printed a test accuracy of 0.9530.
+# The run on this page printed a test accuracy of 0.9543.
 #
 # The steps follow the tutorial's order, and each names the Keras call it replaces. This file is a
 # jupytext `py:percent` script: plain Python that opens as a notebook (`jupytext --to ipynb

@@ -130,8 +130,7 @@ def bare_child(name: str, compiled: str, limit: str = "0") -> None:
     whole = engine.WholeStep.build(model, opt) if compiled == "1" else None
     torch.manual_seed(0)
     x0 = x_all[:bs].float() / 255
-    small = engine.forward_macs(model.net, x0) < engine.ONE_THREAD_MACS
-    if whole is None and small and "OMP_NUM_THREADS" not in os.environ:
+    if engine.one_thread_wanted(model.net, x0, compiled=whole is not None):
         torch.set_num_threads(1)
     start = time.perf_counter()
     first = 0.0

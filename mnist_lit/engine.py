@@ -4,9 +4,11 @@
 steps run. Its contract, all of it:
 
 - `Engine` is the LightningModule a recipe builds on. The recipe keeps its network in `self.net`, runs
-  it through `self.run_net(x)`, and gives `train_loss(batch)`: the loss of one (images, labels) batch,
-  what a plain automatic-optimization `training_step` would return. It may set the hyperparameters
-  `compile` (bool) and `channels_last` (bool or None); absent means off and automatic.
+  it through `self.run_net(x)`, and gives `loss_and_stats(logits, labels)` (the batch's loss and a tensor
+  of sums for the epoch, without side effects) and `count(stage, stats, samples)`; `train_loss(batch)`,
+  what a plain automatic-optimization `training_step` would return, is built from the two and may be
+  overridden for eager steps (compiled whole steps call `loss_and_stats`). It may set the hyperparameters `compile`
+  (bool), `channels_last` and `compiled_steps` (bool or None); absent means off and automatic.
 - Optimization is manual, one `train_loss` per optimizer step, unless the run asks for gradient clipping
   or accumulation, which only Lightning's automatic loop provides (`needs_lightning_loop`); the choice is
   made whenever Lightning attaches a Trainer. `configure_optimizers` returns one optimizer and no
@@ -27,9 +29,10 @@ steps run. Its contract, all of it:
 - A NaN or infinite training loss stops the fit on every rank with `TrainingDiverged`, checked once per
   Lightning batch so that no step waits on the host.
 - Small steps, decided at a fit's first training batch:
-  - A network whose forward pass over one training batch takes fewer than `ONE_THREAD_MACS`
-    multiply-adds trains on one intra-op thread for the whole fit, on the CPU, unless OMP_NUM_THREADS is
-    set (tiny_mlp, fashion_mlp and softmax_regression; not dense512 or the cnn).
+  - Eager steps of a network whose forward pass over one training batch takes fewer than
+    `ONE_THREAD_MACS` multiply-adds run on one intra-op thread for the whole fit, on the CPU, unless
+    OMP_NUM_THREADS is set (`one_thread_wanted`: softmax_regression, and tiny_mlp or fashion_mlp with
+    compiled_steps false; not dense512 or the cnn). Compiled steps keep torch's threads.
   - Whole compiled steps (`WholeStep`): the hyperparameter `compiled_steps` (bool or None). None is the
     rule `whole_steps_wanted` states: on the CPU, for networks made only of COMPILED_LAYERS, in fits of
     at least COMPILE_PAYS_STEPS steps (tiny_mlp and fashion_mlp), with direct steps, full precision and an
@@ -155,6 +158,13 @@ def fit_steps(trainer: L.Trainer) -> float:
         return trainer.max_steps
     epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else math.inf
     return steps_per_epoch(trainer) * epochs
+
+
+def one_thread_wanted(net: nn.Module, x: torch.Tensor, compiled: bool) -> bool:
+    """The thread rule (module docstring): eager CPU steps of a batch `x` smaller than ONE_THREAD_MACS, when
+    OMP_NUM_THREADS leaves the choice to mnist_lit."""
+    return (not compiled and x.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ
+            and forward_macs(net, x) < ONE_THREAD_MACS)
 
 
 def cpp_compiler() -> str | None:
@@ -401,9 +411,7 @@ class Engine(L.LightningModule):
         self._planned = True
         on_cpu = x.device.type == "cpu"
         self._whole = self._plan_whole_steps(on_cpu)
-        # eager steps only: compiled ones were faster on all threads (docs/benchmarks.md, as above)
-        if (self._whole is None and on_cpu and "OMP_NUM_THREADS" not in os.environ
-                and forward_macs(self.net, x) < ONE_THREAD_MACS):
+        if one_thread_wanted(self.net, x, compiled=self._whole is not None):
             # for the rest of the fit, its validation and the data's conversions included: switching back and
             # forth would wake the second thread for each of them; `teardown` puts the count back
             self._threads, self._threads_before = 1, torch.get_num_threads()

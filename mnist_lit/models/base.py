@@ -136,10 +136,6 @@ class Tutorial(Engine):
         self.log(f"{stage}_loss", sums[0] / count, batch_size=1, sync_dist=True)
         self.log(f"{stage}_acc", sums[1] / count, batch_size=1, sync_dist=True, prog_bar=True)
 
-    def train_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        # the engine's training_step calls this once per optimizer step (see mnist_lit/engine.py)
-        return self._step(batch, "train")
-
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # logging on the epoch's last batch (not in on_train_epoch_end) lets callbacks read the train
         # metrics in their own on_train_epoch_end, which Lightning calls before the module's

@@ -126,7 +126,6 @@ def bare_child(name: str, compiled: str, limit: str = "0") -> None:
     steps = steps if steps > 0 else epochs * (len(y_all) // bs)
     steps = min(steps, int(limit)) if int(limit) > 0 else steps
     net, opt = engine.pool_before_relu(model.net), model.configure_optimizers()
-    model._memory_format = lambda x: x  # a bare module: no Trainer, so no device settings
     whole = engine.WholeStep.build(model, opt) if compiled == "1" else None
     torch.manual_seed(0)
     x0 = x_all[:bs].float() / 255

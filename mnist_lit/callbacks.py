@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm import tqdm
 
-from mnist_lit.engine import steps_per_epoch
+from mnist_lit.data import steps_per_epoch
 
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 

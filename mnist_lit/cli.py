@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import inspect
 import os
 import re
 import signal
@@ -94,10 +95,10 @@ class MnistCLI(LightningCLI):
             checkpoint = model_files.read_last(path, path.with_name(outputs.PREVIOUS))
         elif given and given not in ("best", "hpc"):
             path, checkpoint = given, model_files.read_checkpoint(given)
-            if "_class_path" not in checkpoint.get("hyper_parameters", {}):
-                raise UserError(f"{given}: records no model class (not saved by this CLI); it holds a "
-                                f"{checkpoint['mnist_lit']['tutorial']} model: load it with "
-                                "mnist_lit.models.TUTORIALS[name].load_from_checkpoint")
+            if not recorded_by_the_cli(checkpoint):  # Lightning's own reading of it would end in a parser dump
+                raise UserError(f"{given}: saved outside the Lightning CLI, so it records no model class; it holds "
+                                f"a {checkpoint['mnist_lit']['tutorial']} model: load it with mnist_lit.models.TUTORIALS"
+                                f"[name].load_from_checkpoint, or train from its weights with --model.init_args.weights {given}")
         else:
             return
         model = settings.get("model")
@@ -154,6 +155,15 @@ class MnistCLI(LightningCLI):
         return super().instantiate_trainer(**{**defaults, "callbacks": callbacks, **kwargs})
 
     def before_fit(self) -> None:
+        # the tutorials take their optimizer steps in training_step (Lightning's manual optimization), where
+        # these two Trainer flags do not apply: Lightning would stop with a traceback
+        if self.trainer.gradient_clip_val:
+            raise UserError("--trainer.gradient_clip_val: the tutorials clip in their own training step; use "
+                            f"--model.init_args.global_clipnorm {self.trainer.gradient_clip_val} (Keras' global_clipnorm)")
+        if self.trainer.accumulate_grad_batches != 1:
+            k = self.trainer.accumulate_grad_batches
+            raise UserError(f"--trainer.accumulate_grad_batches: the tutorials take one update per batch; for the "
+                            f"same gradient, use --data.batch_size {k * self.datamodule.hparams.batch_size} ({k} x the batch)")
         if not self.trainer.is_global_zero:
             return
         self.datamodule.source  # a data folder with a file missing: one line, before anything is written
@@ -185,6 +195,24 @@ class MnistCLI(LightningCLI):
         outputs.print_evaluation(self.trainer, "test", self.trainer.callback_metrics)
 
 
+def recorded_by_the_cli(checkpoint: dict[str, Any]) -> bool:
+    """Whether a checkpoint's hyperparameters hold more than its tutorial's arguments: the Lightning CLI adds
+    the model's class to those of a model it made, and reads it back for --ckpt_path."""
+    tutorial = TUTORIALS.get(checkpoint["mnist_lit"].get("tutorial"))
+    if tutorial is None:
+        return True  # check_start names what is wrong with it
+    arguments = set(inspect.signature(tutorial.__init__).parameters) | set(inspect.signature(Tutorial.__init__).parameters)
+    return not set(checkpoint.get("hyper_parameters", {})) <= arguments
+
+
+def build_tutorial(cls: type[Tutorial], dataset: str = "mnist", **init_args: Any) -> Tutorial:
+    """A tutorial made by the Lightning CLI itself, so that the checkpoints written of it record its class
+    as `--ckpt_path` reads it (import-keras makes its models so)."""
+    args = ["--model", cls.__name__, f"--data.dataset={dataset}", "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false", *(f"--model.init_args.{k}={v}" for k, v in init_args.items())]
+    return MnistCLI(args=args, run=False).model
+
+
 # ---------------------------------------------------------------- parsing
 
 
@@ -197,6 +225,20 @@ def resolve_config(value: str) -> str:
             if (folder / name).is_file():
                 return str(folder / name)
     return value  # jsonargparse reports it as missing
+
+
+def model_of_checkpoint(argv: list[str]) -> list[str]:
+    """`argv`, with `--model <its tutorial>` added when it gives --ckpt_path and names no config or model: a
+    checkpoint written outside the CLI (import-keras, Python) does not record its class the CLI's way."""
+    names = [a.partition("=")[0] for a in argv]
+    if "--ckpt_path" not in names or any(n in (*CONFIG_FLAGS, "--model") for n in names):
+        return argv
+    i = names.index("--ckpt_path")
+    path = argv[i].partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
+    if path in ("", "last", "best", "hpc"):
+        return argv
+    tutorial = model_files.read_checkpoint(path)["mnist_lit"].get("tutorial")
+    return [*argv, "--model", TUTORIALS[tutorial].__name__] if tutorial in TUTORIALS else argv
 
 
 def resolve_config_args(argv: list[str]) -> list[str]:
@@ -250,10 +292,10 @@ def main(argv: list[str] | None = None) -> None:
     quiet_lightning()
     try:
         if argv is None:
-            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+            sys.argv[1:] = model_of_checkpoint(resolve_config_args(sys.argv[1:]))
             MnistCLI()
         else:
-            MnistCLI(args=resolve_config_args(argv))
+            MnistCLI(args=model_of_checkpoint(resolve_config_args(argv)))
     except SIGTERMException:  # a SystemExit without a code: Lightning would exit 0 and a scheduler see success
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:

@@ -414,8 +414,9 @@ def recognise(path: Path, net: nn.Sequential) -> str:
     raise UserError(f"{path}: not one of the tutorials' networks: {where} (the file's layers: {', '.join(found)})")
 
 
-def tutorial_of(path: str | Path, dataset: str | None = None):
-    """The tutorial model (an mnist_lit `Tutorial`) that a Keras file holds, with the file's weights."""
+def tutorial_of(path: str | Path, dataset: str | None = None, build: Callable[..., Any] | None = None):
+    """The tutorial model (an mnist_lit `Tutorial`) that a Keras file holds, with the file's weights;
+    `build(cls, **init_args)` makes it (default: `cls(**init_args)`)."""
     path = Path(path)
     net = to_torch(read_keras(path))
     name = recognise(path, net)
@@ -423,6 +424,6 @@ def tutorial_of(path: str | Path, dataset: str | None = None):
     rates = [m.p for m in net if isinstance(m, nn.Dropout)]
     if rates:
         kwargs["dropout"] = rates[0]  # tiny_mlp's one Dropout: a hyperparameter, not part of recognition
-    model = TUTORIALS[name](**kwargs)
+    model = (build or (lambda cls, **init_args: cls(**init_args)))(TUTORIALS[name], **kwargs)
     model.net.load_state_dict(net.state_dict())
     return model

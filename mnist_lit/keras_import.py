@@ -26,12 +26,15 @@ def import_keras(source: str | Path, output: str | Path | None = None, dataset: 
     import lightning as L
 
     from mnist_lit import keras_file, outputs
+    from mnist_lit.cli import build_tutorial
     from mnist_lit.callbacks import quiet_lightning
     from mnist_lit.data import MNISTDataModule
     from mnist_lit.models import count_params
 
     source = Path(source)
-    model = keras_file.tutorial_of(source, dataset)  # every check happens here, before anything is written
+    # every check happens here, before anything is written; built as the CLI builds a model, so that
+    # `test --ckpt_path` reads the checkpoint's class from it
+    model = keras_file.tutorial_of(source, dataset, build=build_tutorial)
     out = Path(output) if output else Path("checkpoints") / f"{model.name}_keras"
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")

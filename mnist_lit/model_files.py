@@ -87,13 +87,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def write_checkpoint(path: Path, model: Tutorial, epoch: int = 0, global_step: int = 0, **meta: Any) -> None:
     """The model's weights as a checkpoint in Lightning's layout, atomically; `meta` joins its metadata.
 
-    The hyperparameters carry the model class as the Lightning CLI records it, so `test --ckpt_path`
-    rebuilds the same tutorial from the file alone.
+    The hyperparameters are the model's own (a model the Lightning CLI built records its class there too);
+    `test --ckpt_path` finds the tutorial from the metadata when they do not (mnist_lit.cli).
     """
     import lightning as L
 
-    hparams = {"_class_path": f"mnist_lit.models.{type(model).__name__}", **model.hparams,
-               "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+    hparams = dict(model.hparams)
     checkpoint = {
         "epoch": epoch, "global_step": global_step, "pytorch-lightning_version": L.__version__,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},

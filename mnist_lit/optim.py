@@ -1,4 +1,4 @@
-"""Optimizers with Keras' arithmetic, where torch's differ.
+"""Keras' optimizers, with Keras' arithmetic where torch's differs.
 
 RMSprop: Keras puts epsilon inside the square root, torch outside it:
 
@@ -7,32 +7,52 @@ RMSprop: Keras puts epsilon inside the square root, torch outside it:
 
 With eps = 1e-7 the two differ most on a weight whose gradient is small: Keras divides by at least
 sqrt(1e-7) = 3.2e-4, torch by at least 1e-7 (how far apart their weights end up:
-docs/benchmarks.md#parity-with-keras). `KerasRMSprop` computes Keras' update.
+docs/benchmarks.md#parity-with-keras).
 
 Adam differs in where epsilon goes relative to the bias correction:
 
     Keras:  p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
     torch:  p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 
-The two agree when torch's eps is eps / sqrt(1 - b2^t), which `KerasAdam` sets before every step. In the
-first steps that is up to 30 times torch's eps; it matters for weights whose gradients are tiny.
+In the first steps Keras' effective epsilon is up to 30 times torch's; it matters for weights whose
+gradients are tiny. Plain SGD is the same in both.
 
-Plain SGD is the same in both. `tests/test_keras_parity.py` checks all three against Keras' own steps.
+Each optimizer writes its update once, in `update(grads)`, as tensor ops on its own state: `step()` runs it
+on the parameters' `.grad`, and a compiled training step (mnist_lit/compiled_step.py) runs the same function
+inside its program. The state uses torch's names (`step`, `exp_avg`, `exp_avg_sq`; `velocity`), created as
+torch's optimizers create them. `tests/test_keras_parity.py` checks all three against Keras' own steps.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 
 
-class KerasRMSprop(torch.optim.Optimizer):
-    """Keras' RMSprop (no momentum, not centered): velocity from zero, eps inside the square root."""
+class KerasOptimizer(torch.optim.Optimizer):
+    """One parameter group whose update is `update(grads)`, given in the order of `params`."""
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, rho: float = 0.9, eps: float = 1e-7) -> None:
-        super().__init__(params, {"lr": lr, "rho": rho, "eps": eps})
+    def __init__(self, params: Iterable, defaults: dict) -> None:
+        super().__init__(params, defaults)
+        if len(self.param_groups) != 1:
+            raise ValueError(f"{type(self).__name__} takes one parameter group")
+        self.params: list[torch.Tensor] = self.param_groups[0]["params"]
+        for p in self.params:
+            self.init_state(self.state[p], p)
+
+    def init_state(self, state: dict, p: torch.Tensor) -> None:
+        """A parameter's state before its first step (none by default)."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for p in self.params:  # a checkpoint from before the first step may hold no state yet
+            if not self.state[p]:
+                self.init_state(self.state[p], p)
+
+    def update(self, grads: list[torch.Tensor]) -> None:
+        raise NotImplementedError
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -40,92 +60,77 @@ class KerasRMSprop(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            velocities = []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                velocities.append(state["velocity"])
-            # one fused kernel per op over all tensors of the group, as torch's own optimizers do
-            torch._foreach_mul_(velocities, group["rho"])
-            torch._foreach_addcmul_(velocities, grads, grads, value=1 - group["rho"])
-            denominators = torch._foreach_add(velocities, group["eps"])
-            torch._foreach_sqrt_(denominators)
-            torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
+        if all(p.grad is not None for p in self.params):
+            self.update([p.grad for p in self.params])
+        elif any(p.grad is not None for p in self.params):
+            raise RuntimeError(f"{type(self).__name__}: some parameters have no gradient; train all of them")
         return loss
 
+    def _group(self) -> dict:
+        return self.param_groups[0]
 
-class KerasAdam(torch.optim.Adam):
-    """`torch.optim.Adam` with Keras' epsilon: same state, state_dict and speed, Keras' updates."""
+
+def _zeros(p: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+class KerasRMSprop(KerasOptimizer):
+    """Keras' RMSprop (no momentum, not centered): velocity from zero, eps inside the square root."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, rho: float = 0.9, eps: float = 1e-7) -> None:
+        super().__init__(params, {"lr": lr, "rho": rho, "eps": eps})
+
+    def init_state(self, state: dict, p: torch.Tensor) -> None:
+        state["velocity"] = _zeros(p)
+
+    def update(self, grads: list[torch.Tensor]) -> None:
+        group = self._group()
+        velocities = [self.state[p]["velocity"] for p in self.params]
+        # one kernel per op over all tensors, as torch's own optimizers do
+        torch._foreach_mul_(velocities, group["rho"])
+        torch._foreach_addcmul_(velocities, grads, grads, value=1 - group["rho"])
+        denominators = torch._foreach_add(velocities, group["eps"])
+        torch._foreach_sqrt_(denominators)
+        torch._foreach_addcdiv_(self.params, grads, denominators, value=-group["lr"])
+
+
+class KerasAdam(KerasOptimizer):
+    """Keras' Adam: eps added to sqrt(v), the bias corrections folded into the learning rate."""
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-7) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps)
-        self.keras_eps = eps
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            state = self.state.get(group["params"][0]) if group["params"] else None
-            t = float(state["step"]) + 1 if state else 1.0  # the step about to be taken (a CPU tensor: no sync)
-            group["eps"] = self.keras_eps / math.sqrt(1 - group["betas"][1] ** t)
-        return super().step(closure)
+    def init_state(self, state: dict, p: torch.Tensor) -> None:
+        state.update(step=torch.tensor(0.0), exp_avg=_zeros(p), exp_avg_sq=_zeros(p))
+
+    def update(self, grads: list[torch.Tensor]) -> None:
+        group = self._group()
+        (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
+        states = [self.state[p] for p in self.params]
+        steps = [s["step"] for s in states]
+        m, v = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        torch._foreach_add_(steps, 1)
+        torch._foreach_lerp_(m, grads, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+        denominators = torch._foreach_sqrt(v)
+        torch._foreach_add_(denominators, eps)
+        if torch.compiler.is_compiling():  # the step count stays a tensor inside a compiled program
+            t = steps[0]
+            rate = lr * (1 - b2 ** t).sqrt() / (1 - b1 ** t)
+            torch._foreach_sub_(self.params, torch._foreach_mul(torch._foreach_div(m, denominators), rate))
+        else:  # eagerly, a Python number: no kernel launches for it
+            t = float(steps[0])
+            rate = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+            torch._foreach_addcdiv_(self.params, m, denominators, value=-rate)
 
 
-# ---------------------------------------------------------------- the same updates as plain tensor ops
+class KerasSGD(KerasOptimizer):
+    """Plain SGD (no momentum), as Keras' `SGD(learning_rate)`: p -= lr * g."""
 
-Update = Callable[[list[torch.Tensor]], None]
+    def __init__(self, params: Iterable, lr: float = 0.01) -> None:
+        super().__init__(params, {"lr": lr})
 
-
-def functional_update(optimizer: torch.optim.Optimizer) -> Update | None:
-    """`optimizer.step()` written as tensor ops on gradients given in the order of its parameters, so
-    that a compiled training step can hold it (mnist_lit/engine.py). It reads and writes the optimizer's
-    own state tensors, created here as the optimizer itself would, so checkpoints, resumes and eager steps
-    mix freely with it. None for an optimizer or a setting it does not cover."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if len(optimizer.param_groups) != 1 or not params:
-        return None
-    group, state = optimizer.param_groups[0], optimizer.state
-    lr = group["lr"]
-    if type(optimizer) is KerasAdam and group["weight_decay"] == 0 and not (group["amsgrad"] or group["maximize"]):
-        (b1, b2), eps = group["betas"], optimizer.keras_eps
-        for p in params:
-            if not state[p]:  # as torch.optim.Adam starts a parameter's state
-                state[p].update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
-                                exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
-        steps = [state[p]["step"] for p in params]
-        moments = [(state[p]["exp_avg"], state[p]["exp_avg_sq"]) for p in params]
-
-        def adam(grads: list[torch.Tensor]) -> None:
-            for p, g, step, (m, v) in zip(params, grads, steps, moments):
-                step += 1
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                # Keras' arithmetic, as in the module docstring
-                p.sub_(lr * (1 - b2 ** step).sqrt() / (1 - b1 ** step) * m / (v.sqrt() + eps))
-        return adam
-    if type(optimizer) is KerasRMSprop:
-        rho, eps = group["rho"], group["eps"]
-        for p in params:
-            if not state[p]:
-                state[p]["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        velocities = [state[p]["velocity"] for p in params]
-
-        def rmsprop(grads: list[torch.Tensor]) -> None:
-            for p, g, v in zip(params, grads, velocities):
-                v.mul_(rho).addcmul_(g, g, value=1 - rho)
-                p.addcdiv_(g, (v + eps).sqrt(), value=-lr)
-        return rmsprop
-    plain = not (group["momentum"] or group["weight_decay"] or group["nesterov"] or group["maximize"]) \
-        if type(optimizer) is torch.optim.SGD else False
-    if plain:
-        def sgd(grads: list[torch.Tensor]) -> None:
-            for p, g in zip(params, grads):
-                p.sub_(g, alpha=lr)
-        return sgd
-    return None
+    def update(self, grads: list[torch.Tensor]) -> None:
+        torch._foreach_add_(self.params, grads, alpha=-self._group()["lr"])

@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_lit.engine import pool_before_relu
 from mnist_lit.models import TUTORIALS, CNN, SoftmaxRegression, TinyMLP, count_params
-from mnist_lit.optim import KerasAdam, KerasRMSprop
+from mnist_lit.optim import KerasAdam, KerasRMSprop, KerasSGD
 from tests.helpers import KERAS_PARAMS
 
 RECIPES = {  # DEVELOPERS.md: the published training of each tutorial
@@ -72,7 +71,7 @@ def test_optimizer_matches_keras(name: str):
     elif optimizer == "adam":
         assert isinstance(opt, KerasAdam) and group["eps"] == 1e-7 and group["betas"] == (0.9, 0.999)
     else:
-        assert type(opt) is torch.optim.SGD and group["momentum"] == 0
+        assert type(opt) is KerasSGD
 
 
 def keras_adam_reference(w: np.ndarray, grads: list[np.ndarray], lr=1e-3, b1=0.9, b2=0.999, eps=1e-7):
@@ -126,33 +125,11 @@ def test_rmsprop_takes_keras_steps_where_torch_rmsprop_does_not():
     assert np.abs(results["torch"] - expected).max() > 1e-3  # torch's own RMSprop is not Keras'
 
 
-def test_cnn_reads_as_keras_and_runs_pooled_first_with_the_same_numbers():
-    """The cnn file lists Keras' order (conv, ReLU, pool); the engine runs the pool first (faster), which
-    must give exactly Keras' outputs and gradients, through the same modules."""
+def test_cnn_reads_as_keras():
     net = CNN().net
     kinds = [type(m).__name__ for m in net]
     assert kinds == ["Conv2d", "ReLU", "MaxPool2d"] * 3 + ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
     assert [m.out_channels for m in net if isinstance(m, nn.Conv2d)] == [32, 64, 64]
-    running = pool_before_relu(net)
-    assert [type(m).__name__ for m in running][:9] == ["Conv2d", "MaxPool2d", "ReLU"] * 3
-    assert all(any(m is r for r in running) for m in net), "the same modules, so the same parameters"
-    torch.manual_seed(0)
-    x = torch.rand(16, 1, 28, 28)
-    outputs, grads = [], []
-    for order in (running, net):
-        net.zero_grad()
-        out = order(x)
-        out.square().sum().backward()
-        outputs.append(out.detach())
-        grads.append([p.grad.clone() for p in net.parameters()])
-    assert torch.equal(outputs[0], outputs[1])
-    assert all(torch.equal(a, b) for a, b in zip(*grads))
-
-
-def test_networks_without_relu_before_pool_run_as_they_are():
-    for name in ("dense512", "tiny_mlp", "fashion_mlp", "softmax_regression"):
-        net = TUTORIALS[name]().net
-        assert pool_before_relu(net) is net
 
 
 def test_summed_loss_is_batch_size_times_mean():
@@ -160,7 +137,8 @@ def test_summed_loss_is_batch_size_times_mean():
     model = SoftmaxRegression()
     nn.init.normal_(model.net[1].weight)
     x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
-    loss = model.training_step((x, y), 0)
+    loss, totals = model.loss_and_totals(model(x), y)
+    assert float(totals[0]) == pytest.approx(float(loss.detach())) and float(totals[2]) == 64
     assert torch.allclose(loss, F.cross_entropy(model(x), y, reduction="sum"))
     assert torch.allclose(loss, 64 * F.cross_entropy(model(x), y))
 

@@ -8,8 +8,7 @@ from mnist_lit.models.base import Optimizer, Tutorial
 class CNNNet(nn.Sequential):
     """Conv(32)-Pool, Conv(64)-Pool, Conv(64)-Pool, Flatten, Dense 64, 500, 10: 97,414 parameters.
 
-    In Keras' order: each convolution's ReLU, then its MaxPool. (The engine runs the ReLU after the pool,
-    which computes the same on a quarter of the values: `mnist_lit.engine.pool_before_relu`.)
+    In Keras' order: each convolution's ReLU, then its MaxPool.
     """
 
     def __init__(self) -> None:

@@ -16,7 +16,7 @@ models are written from the tutorials' published recipes, in benchmarks/keras_re
 With --bare, two floors beside them, each in a process of its own over the same data tensors, network,
 optimizer and batch size, with no Lightning, no metrics and no validation: a bare eager loop (forward,
 loss, backward, `optimizer.step()`) and the same steps as one compiled program each
-(`mnist_lit.engine.WholeStep`), its compile included. Both follow the engine's thread rule.
+(`mnist_lit.compiled_step.CompiledStep`), its compile included. Both choose threads as a fit does.
 
 With --bf16, each tutorial runs twice more: Keras under its `mixed_bfloat16` policy and mnist_lit with
 `--trainer.precision bf16-mixed`. Run it on an otherwise idle machine: torch's and TensorFlow's thread
@@ -41,9 +41,10 @@ from benchmarks import REPO
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def keras_child(name: str, data_file: str, policy: str) -> None:
+def keras_child(name: str, data_file: str, policy: str, epochs: str = "0") -> None:
     """Keras' side, in a process of its own under `--keras-python`: the tutorial's recipe on the data
-    file, then one JSON line with the seconds of `model.fit` and the test accuracy."""
+    file (`epochs` > 0: that many epochs instead), then one JSON line with the seconds of `model.fit` and
+    the test accuracy."""
     import time
 
     import keras
@@ -58,6 +59,8 @@ def keras_child(name: str, data_file: str, policy: str) -> None:
         x, xt = x[..., None], xt[..., None]
     model = keras_recipes.model(name)
     recipe = keras_recipes.recipe(name, (xt, yt))
+    if int(epochs) > 0 and name != "softmax_regression":
+        recipe["epochs"] = int(epochs)
     model.compile(optimizer=recipe.pop("optimizer"), loss=keras_recipes.loss(name), metrics=["accuracy"])
     if name == "softmax_regression":  # 2000 steps of batch 64, as the TF1 tutorial
         try:  # tf.data where TensorFlow is installed, on any backend: Keras' numpy path was 2-3x slower here
@@ -93,9 +96,13 @@ def keras_env(backend: str) -> dict[str, str]:
     return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+def keras_command(python: str, name: str, data: Path, policy: str = "float32", epochs: int = 0) -> list[str]:
+    # this module again under the Keras Python, run from the repository root so that it finds this package
+    return [python, "-m", "benchmarks.vs_keras", "--keras-child", name, str(data), policy, str(epochs)]
+
+
 def keras_run(python: str, name: str, data: Path, policy: str = "float32", backend: str = "tensorflow") -> dict:
-    # this module again under the Keras Python, from the repository root so that it finds this package
-    done = subprocess.run([python, "-m", __spec__.name, "--keras-child", name, str(data), policy], cwd=REPO,
+    done = subprocess.run(keras_command(python, name, data, policy), cwd=REPO,
                           capture_output=True, text=True, env=keras_env(backend))
     if done.returncode:
         raise SystemExit(f"vs_keras: Keras' {name} on {backend} failed: {done.stderr.strip().splitlines()[-1]}")
@@ -109,7 +116,8 @@ def bare_child(name: str, compiled: str, limit: str = "0") -> None:
 
     import torch
 
-    from mnist_lit import engine
+    from mnist_lit import threads
+    from mnist_lit.compiled_step import CompiledStep
     from mnist_lit.cli import resolve_config
     from mnist_lit.data import MNISTDataModule
     import yaml
@@ -125,12 +133,10 @@ def bare_child(name: str, compiled: str, limit: str = "0") -> None:
     epochs = config["trainer"].get("max_epochs", 1)
     steps = steps if steps > 0 else epochs * (len(y_all) // bs)
     steps = min(steps, int(limit)) if int(limit) > 0 else steps
-    net, opt = engine.pool_before_relu(model.net), model.configure_optimizers()
-    whole = engine.WholeStep.build(model, opt) if compiled == "1" else None
+    net, opt = model.net, model.configure_optimizers()
+    whole = CompiledStep.build(net, opt, model.loss_and_totals) if compiled == "1" else None
     torch.manual_seed(0)
-    x0 = x_all[:bs].float() / 255
-    if engine.one_thread_wanted(model.net, x0, compiled=whole is not None):
-        torch.set_num_threads(1)
+    threads.ThreadChoice().start(net, x_all[:bs].float() / 255, compiled=whole is not None)  # as a fit chooses
     start = time.perf_counter()
     first = 0.0
     done, epoch = 0, 0
@@ -188,7 +194,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="also Keras' mixed_bfloat16 policy and mnist_lit's --trainer.precision bf16-mixed; "
                              "every ratio is to Keras' float32 time of the same round (first backend only)")
-    parser.add_argument("--keras-child", nargs=3, metavar=("NAME", "DATA", "POLICY"), help=argparse.SUPPRESS)
+    parser.add_argument("--keras-child", nargs="+", metavar="NAME DATA POLICY [EPOCHS]", help=argparse.SUPPRESS)
     parser.add_argument("--bare-child", nargs=3, metavar=("NAME", "COMPILED", "LIMIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.keras_child:

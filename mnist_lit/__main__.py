@@ -8,7 +8,12 @@ import importlib
 import os
 import sys
 
-from mnist_lit import memory
+# OpenMP's waiting threads otherwise spin, taking a core from whatever else runs (a browser, a notebook,
+# a second fit); read once, when torch starts, so it is set here, before anything imports torch
+# (docs/benchmarks.md#threads-on-a-busy-machine). A user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from mnist_lit import memory  # noqa: E402
 from mnist_lit.errors import UserError
 
 # commands of our own (everything else goes to the Lightning CLI) and the module that runs each

@@ -94,7 +94,7 @@ def test_three_steps_reproduce_keras(name: str, tmp_path: Path):
 @pytest.mark.parametrize("name", ["dense512", "fashion_mlp", "softmax_regression", "tiny_mlp"])
 def test_compiled_whole_steps_reproduce_keras(name: str, tmp_path: Path):
     """The same three steps as one compiled program each (forward, backward and the optimizer's update
-    written as tensor ops: mnist_lit.optim.functional_update), for RMSprop, Adam and summed-loss SGD."""
+    the Keras optimizer's own update inside the program: mnist_lit/compiled_step.py), for RMSprop, Adam and summed-loss SGD."""
     recorder, trace = fit_three_steps(name, tmp_path, "--model.init_args.compiled_steps", "true")
     loss_diff, weight_diff = largest_difference(recorder, trace)
     assert len(recorder.losses) == 3 and loss_diff < TOLERANCE and weight_diff < TOLERANCE

@@ -129,7 +129,7 @@ class Tutorial(L.LightningModule):
 
     # ------------------------------------------------------------ training
 
-    def training_step(self, batch, batch_idx: int) -> None:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
         losses = []
         for x, y in single_batches(batch):  # several with --data.steps_per_execution, as in Keras
@@ -147,6 +147,7 @@ class Tutorial(L.LightningModule):
             if self.trainer.global_step == self.trainer.max_steps:  # max_steps may end a fit inside a group
                 break
         self.stop_if_diverged(losses)
+        return loss  # the last step's, for callbacks (Lightning has already seen every update)
 
     def run_compiled_step(self, optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, loss, backward and the update as one compiled program (mnist_lit/compiled_step.py). It

@@ -93,8 +93,11 @@ def _looks_like(path: Path, error: Exception) -> str:
     if called:
         return (f"refused: a pickle that would run code when loaded ({called}); mnist_lit loads checkpoints "
                 f"with weights_only=True and never runs a file's code. {PASS_A_CHECKPOINT[0].upper()}{PASS_A_CHECKPOINT[1:]}")
-    if zipfile.is_zipfile(path):
-        names = zipfile.ZipFile(path).namelist()
+    try:
+        names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
+    except (zipfile.BadZipFile, OSError, ValueError):  # a zip's end record over a damaged directory
+        names = []
+    if names:
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
             return (f"a TorchScript model (what export writes), not a checkpoint; classify, serve and "
                     f"--model.init_args.weights take it; here {PASS_A_CHECKPOINT}")

@@ -211,9 +211,23 @@ QUIET_WARNINGS = (
 )
 
 
+def _no_zero_flops(record: logging.LogRecord) -> bool:
+    """Lightning's text model summary without its "0 Total Flops" line: FLOPs are counted only for a model
+    with an example input, so the 0 is no measurement (a real count is kept)."""
+    if isinstance(record.msg, str) and not record.args:
+        record.msg = "\n".join(line for line in record.msg.split("\n")
+                               if not (line.endswith("Total Flops") and line.split()[0] == "0"))
+    return True
+
+
 def quiet_lightning() -> None:
+    """Silence what Lightning prints in every run that a user cannot act on (QUIET_WARNINGS, the litlogger
+    tip, a FLOPs total of 0); warnings about the user's own settings stay."""
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    summary = logging.getLogger("lightning.pytorch.callbacks.model_summary")
+    if _no_zero_flops not in summary.filters:
+        summary.addFilter(_no_zero_flops)
     no_ads = logging.Filter()
     # the Tip advertises a service; the KeyboardInterrupt line is replaced by InterruptNotice's
     # and "`Trainer.fit` stopped: `max_epochs=10` reached." repeats what the epoch lines showed

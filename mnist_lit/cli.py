@@ -36,6 +36,11 @@ from mnist_lit.models import TUTORIALS, Tutorial
 
 CONFIG_DIRS = (Path("configs"), Path(__file__).resolve().parent.parent / "configs")
 CONFIG_FLAGS = ("--config", "-c")
+# flags a Keras script or an argparse habit suggests, and the Lightning CLI's name for each
+HABIT_FLAGS = {"--epochs": "--trainer.max_epochs", "--max_epochs": "--trainer.max_epochs",
+               "--max-epochs": "--trainer.max_epochs", "--batch_size": "--data.batch_size",
+               "--batch-size": "--data.batch_size", "--lr": "--model.init_args.lr",
+               "--learning_rate": "--model.init_args.lr", "--learning-rate": "--model.init_args.lr"}
 
 
 class MnistCLI(LightningCLI):
@@ -82,6 +87,7 @@ class MnistCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
+        check_device(self._settings().get("trainer", {}).get("accelerator"))
         # Lightning reads --ckpt_path's hyperparameters (model class included) right after this; a file that
         # is not an mnist_lit checkpoint, or one of another tutorial, must fail here in one line
         self._missing_last: Path | None = None  # --ckpt_path last with nothing to resume: before_fit says so
@@ -269,10 +275,34 @@ class OneLineErrors(LightningArgumentParser):
         raise SystemExit(2)
 
 
+def check_device(accelerator: Any) -> None:
+    """A GPU asked for where torch sees none: one line, before Lightning's page-long traceback."""
+    import torch
+
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if not isinstance(accelerator, str) or {"gpu": cuda or mps, "cuda": cuda, "mps": mps}.get(accelerator, True):
+        return
+    here = ", ".join(["cpu"] + ["gpu"] * (cuda or mps))
+    raise UserError(f"--trainer.accelerator {accelerator}: torch finds no such device on this machine (it has: "
+                    f"{here}); leave the flag out (auto picks what there is) or pass --trainer.accelerator cpu")
+
+
 def flag_problem(message: str) -> str:
     """jsonargparse's message as one line, the flag first: for a model's argument, the setting and the
-    tutorial's rule (not the union of types it was tried against)."""
+    tutorial's rule (not the union of types it was tried against); for a config that is not there, the
+    tutorials' names; for a Keras or argparse habit (`--epochs 3`), the flag to type instead."""
     text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    missing = re.search(r"""^Parser key "config": File does not exist: '(.*)'$""", text)
+    if missing:
+        return (f"--config {Path(missing[1]).name}: no file {missing[1]} and no tutorial of that name; "
+                f"one of {', '.join(TUTORIALS)} (configs/NAME.yaml), or a path to a .yaml file")
+    unrecognized = re.search(r"^unrecognized arguments: (.*)$", text)
+    for i, token in enumerate(unrecognized[1].split() if unrecognized else []):
+        flag, _, value = token.partition("=")
+        if flag in HABIT_FLAGS:
+            rest = unrecognized[1].split()[i + 1:]
+            value = value or (rest[0] if rest and not rest[0].startswith("-") else "N")
+            return f"{flag} {value}: not an option of this CLI; use {HABIT_FLAGS[flag]} {value}"
     nested = re.search(r"Problem with given class_path '[\w.]*?(\w+)': Parser key \"([^\"]+)\": (.*?)"
                        r"(?: - Expected a <class 'NoneType'>.*)?$", text)
     if nested:

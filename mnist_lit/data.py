@@ -370,13 +370,16 @@ def locate(dataset: str, data_dir: str | Path, allow_download: bool = True,
             missing = ", ".join(f"{name}[.gz]" for name in FILES if name not in held)
             raise DataError(f"{folder}: holds {len(held)} of the 4 {info.folder} files, missing {missing}; "
                             "add it, or give another --data.data_dir (nothing was read or written)")
+    # the data folder as an absolute path: a relative "data" read from a notebook's folder is not the
+    # repository's data/, and the line must not read as "no files in data; using .../data/..."
+    given = data_dir.absolute()
     for folder, name in fallbacks(dataset):
         if len(_held(folder)) == len(FILES):
-            say(f"Data: no {info.folder} files in {data_dir}; using {name}, {folder}")
+            say(f"Data: {info.folder} from {name}, {folder} (the data folder {given} holds none of its files)")
             return folder
     target = data_dir / info.folder / "raw"
     if allow_download:
-        say(f"Data: no {info.folder} files in {data_dir}; downloading them with torchvision into {target}")
+        say(f"Data: no {info.folder} files in {given}; downloading them with torchvision into {target.absolute()}")
         return download(dataset, data_dir)
     raise DataError(f"{info.folder} not found in {data_dir} or {REPO_DATA} and downloads are off; "
                     f"{_where_to_get(dataset, target)}")

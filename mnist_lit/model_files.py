@@ -66,16 +66,89 @@ def _listed(suffixes: tuple[str, ...]) -> str:
 # ---------------------------------------------------------------- checkpoints
 
 
+PASS_A_CHECKPOINT = "pass a .ckpt that fit wrote (checkpoints/<tutorial>/model.ckpt, or last.ckpt to resume)"
+IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP",
+               b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def _looks_like(path: Path, error: Exception) -> str:
+    """What a file that torch.load refused looks like, and what to pass instead, for read_checkpoint's line."""
+    import re
+    import zipfile
+
+    with path.open("rb") as f:
+        head = f.read(512)
+    if not head:
+        return f"an empty file (0 bytes), not a checkpoint; {PASS_A_CHECKPOINT}"
+    image = next((kind for magic, kind in IMAGE_MAGIC.items() if head.startswith(magic)), None)
+    if image or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return (f"a {image or 'WebP'} image, not a checkpoint; {PASS_A_CHECKPOINT}. To classify the image: "
+                f"classify --model checkpoints/<tutorial>/model.pt {path}")
+    if head.startswith(b"\x89HDF"):
+        return f"an HDF5 file (a Keras .h5 model?), not a checkpoint; `import-keras {path}` makes one from a Keras model"
+    # torch's weights_only unpickler stopped at a callable the file asks to be run (in a torch zip), or a
+    # bare pickle names one (read with pickletools, which runs nothing)
+    unsafe = re.search(r"GLOBAL ([\w.]+)", str(error))
+    called = unsafe[1] if unsafe else _pickle_global(path) if head.startswith(b"\x80") else None
+    if called:
+        return (f"refused: a pickle that would run code when loaded ({called}); mnist_lit loads checkpoints "
+                f"with weights_only=True and never runs a file's code. {PASS_A_CHECKPOINT[0].upper()}{PASS_A_CHECKPOINT[1:]}")
+    try:
+        names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
+    except (zipfile.BadZipFile, OSError, ValueError):  # a zip's end record over a damaged directory
+        names = []
+    if names:
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return (f"a TorchScript model (what export writes), not a checkpoint; classify, serve and "
+                    f"--model.init_args.weights take it; here {PASS_A_CHECKPOINT}")
+        if any("serialized_exported_program" in n or n.endswith("/archive_format") for n in names):
+            return f"a torch.export program (.pt2), not a checkpoint; classify and serve take it; here {PASS_A_CHECKPOINT}"
+        if "config.json" in names and "model.weights.h5" in names:
+            return f"a Keras .keras model, not a checkpoint; `import-keras {path}` makes one from it"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\t\r\n" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"a text file (it starts {first!r}), not a checkpoint; a config goes to --config; {PASS_A_CHECKPOINT}"
+    # a cut copy, a damaged file, or bytes of no known kind: torch's first sentence, whole words only
+    detail = re.split(r"(?<=[.!?])\s", " ".join(str(error).split()), maxsplit=1)[0].rstrip(".")
+    detail = detail if len(detail) <= 100 else detail[:100].rsplit(" ", 1)[0] + " ..."
+    return (f"not a readable checkpoint (damaged, cut short, or another kind of file: {error.__class__.__name__}"
+            f"{': ' + detail if detail else ''}); {PASS_A_CHECKPOINT}")
+
+
+def _pickle_global(path: Path) -> str | None:
+    """The first callable other than torch's or an OrderedDict that a bare pickle names, found without running it."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(path.read_bytes()[: 1 << 20]):
+            name = (arg.replace(" ", ".") if op.name in ("GLOBAL", "INST") else
+                    ".".join(strings[-2:]) if op.name == "STACK_GLOBAL" and len(strings) >= 2 else None)
+            if name and not name.startswith(("torch.", "collections.OrderedDict")):
+                return name
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # a cut or damaged pickle: what it names up to there is all there is
+        pass
+    return None
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load an mnist_lit checkpoint with `weights_only=True`, or say in one line why it is not one."""
+    """Load an mnist_lit checkpoint with `weights_only=True`, or say in one line what the file is instead
+    (an image, text, an empty file, a pickle that would run code...) and what to pass."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on a pickle protocol or a TorchScript file: the line says it
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle of another kind, random bytes...
-        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise UserError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {detail})") from None
+        raise UserError(f"{path}: {_looks_like(path, e)}") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("mnist_lit"), dict) \
             or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{path}: not an mnist_lit checkpoint (no model metadata in it)")

@@ -122,7 +122,9 @@ def test_bad_flags_are_one_line_naming_the_flag_and_the_rule(args, expected, tmp
 
 def test_missing_config_file(tmp_path: Path, capsys):
     assert run("fit", "--config", str(tmp_path / "nope.yaml")) == 2
-    assert capsys.readouterr().err == (f"mnist_lit: error: --config: File does not exist: '{tmp_path / 'nope.yaml'}' "
+    assert capsys.readouterr().err == (f"mnist_lit: error: --config nope.yaml: no file {tmp_path / 'nope.yaml'} and no "
+                                       "tutorial of that name; one of dense512, cnn, tiny_mlp, fashion_mlp, "
+                                       "softmax_regression (configs/NAME.yaml), or a path to a .yaml file "
                                        "(--help lists the options)\n")
 
 

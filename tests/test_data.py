@@ -129,8 +129,8 @@ def test_data_folder_layouts(tmp_path: Path, layout: str):
 def test_lookup_falls_back_to_shipped_copy_and_says_so(tmp_path: Path):
     said = []
     assert locate("mnist", tmp_path / "empty", say=said.append) == data.REPO_DATA / "MNIST" / "raw"
-    assert said == [f"Data: no MNIST files in {tmp_path / 'empty'}; using the copy shipped with mnist_lit, "
-                    f"{data.REPO_DATA / 'MNIST' / 'raw'}"]
+    assert said == [f"Data: MNIST from the copy shipped with mnist_lit, {data.REPO_DATA / 'MNIST' / 'raw'} "
+                    f"(the data folder {tmp_path / 'empty'} holds none of its files)"]
 
 
 def test_lookup_uses_system_copy_of_fashion_and_says_so(tmp_path: Path, monkeypatch, nothing_shipped):
@@ -184,9 +184,10 @@ def test_offline_download_fails_in_one_line(tmp_path: Path, no_download, nothing
 
 
 def test_fashion_not_found_names_the_debian_package(tmp_path: Path):
-    """On a fresh machine without internet, the first thing the Fashion tutorial's reader meets."""
+    """Without the shipped copy (an installed wheel has none), no Debian package and no internet."""
     monkeypatch = pytest.MonkeyPatch()
     with monkeypatch.context() as m:
+        m.setattr(data, "REPO_DATA", tmp_path / "no-shipped-data")
         m.setitem(data.DATASETS, "fashion_mnist", dataclasses.replace(data.DATASETS["fashion_mnist"], system=(
             data.SystemCopy(str(tmp_path / "not-installed"), "Debian's dataset-fashion-mnist package"),)))
         with pytest.raises(DataError) as e:

@@ -99,7 +99,7 @@ def test_export_command_and_its_bad_input(tmp_path: Path, capsys):
     (tmp_path / "notes.txt").write_text("not a model")
     assert run("export", str(tmp_path / "notes.txt")) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "notes.txt: not a readable checkpoint" in err
+    assert err.count("\n") == 1 and "notes.txt: a text file (it starts 'not a model'), not a checkpoint" in err
     assert run("export", str(tmp_path / "model.ckpt"), "--format", "tflite") == 2
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"

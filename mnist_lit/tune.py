@@ -14,6 +14,7 @@ At the end: the best trial, a config that `fit --config` trains (`best.yaml`), a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import inspect
@@ -27,9 +28,9 @@ import socket
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mnist_lit import atomic
 from mnist_lit.errors import UserError
@@ -218,6 +219,9 @@ def open_storage(url: str) -> Any:
     except (Exception, SystemExit) as e:  # sqlalchemy's errors, a missing driver (ImportError), a bad URL
         reason = getattr(e, "orig", None) or e
         text = " ".join(str(reason).split()) or type(reason).__name__
+        if isinstance(e, ImportError) and isinstance(e.__cause__, ImportError):  # Optuna's words hide the driver's
+            text = (f"{e.__cause__} (the URL's driver; for PostgreSQL: pip install 'psycopg[binary]' and a "
+                    "postgresql+psycopg:// URL)")
         raise UserError(f"--storage {describe_url(url)}: cannot be reached: {text[:300]}") from None
 
 
@@ -305,19 +309,33 @@ class Tickets:
             return True
 
 
-def quiet() -> None:
-    """Only the trial lines: Lightning's start-up lines and Optuna's own trial log are left out."""
+LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Only the trial lines: Lightning's start-up lines and Optuna's own trial log are left out (and put
+    back afterwards, for a caller in the same process)."""
     import optuna
 
     from mnist_lit.callbacks import quiet_lightning
 
     quiet_lightning()
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    levels = {name: logging.getLogger(name).level for name in LOGGERS}
+    verbosity = optuna.logging.get_verbosity()
+    for name in LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # every trial builds the fit's MnistCLI from its own list of flags, on purpose
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        # every trial builds the fit's MnistCLI from its own list of flags, on purpose
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+            optuna.logging.set_verbosity(verbosity)
 
 
 def build(settings: Settings, extra: list[str], callbacks: list[Any] | None = None) -> Any:
@@ -415,12 +433,12 @@ def trial_last(trial: Any) -> tuple[int, float]:
 
 def worker_loop(settings: Settings, tickets: Tickets, index: int) -> int:
     """One worker: trials until the budget, the time or a SIGTERM runs out. 0, or 143 after a SIGTERM."""
-    quiet()
     stop = Stop()
     before = signal.getsignal(signal.SIGTERM)
     stop.listen()
     try:
-        return _trials(settings, tickets, index, stop)
+        with quiet():
+            return _trials(settings, tickets, index, stop)
     finally:
         signal.signal(signal.SIGTERM, before)
 
@@ -671,7 +689,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--space", help="the search space YAML (default: configs/tune/<tutorial>.yaml)")
     p.add_argument("--trials", type=int, default=20, help="trials this command adds to the study, across its workers (20)")
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts (the ones under way finish)")
-    p.add_argument("--storage", help="an Optuna storage: sqlite:///PATH, postgresql://USER:PASS@HOST/DB, "
+    p.add_argument("--storage", help="an Optuna storage: sqlite:///PATH, postgresql+psycopg://USER:PASS@HOST/DB, "
                    "mysql+pymysql://..., or journal:PATH for a journal file (default: sqlite in --output_dir)")
     p.add_argument("--study", help="the study's name in the storage (default: the tutorial's name)")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine searching the study together (1)")
@@ -726,16 +744,23 @@ def check_values(probe: Any, settings: Settings, space_path: Path) -> None:
 
 def main(argv: list[str]) -> int:
     opts, fit_args = split_args(argv)
-    import importlib.util
-
-    missing = [m for m in ("optuna", "optuna_integration") if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in ("optuna", "optuna_integration"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
     if missing:
         raise UserError(f"tune needs {' and '.join(missing)}: pip install -e '.[tune]' (make test installs it)")
+    with quiet():
+        return tune(opts, fit_args)
+
+
+def tune(opts: argparse.Namespace, fit_args: list[str]) -> int:
+    import lightning as L
+
     from mnist_lit.cli import resolve_config
     from mnist_lit.data import MNISTDataModule
-
-    quiet()
-    import lightning as L
 
     config = resolve_config(opts.config)
     probe = probe_fit(config, fit_args, opts.output_dir or "checkpoints/tune")
@@ -770,8 +795,9 @@ def main(argv: list[str]) -> int:
     study = open_study(open_storage(url), url, name, space_record(space), Path(config).stem)
     if code == 143:
         states = [t.state.name for t in study.get_trials(deepcopy=False)]
-        print(f"mnist_lit: stopped by SIGTERM: the study keeps its {sum(s in STATES for s in states)} finished trials "
-              f"and marks the interrupted one FAIL; the same command goes on with it", file=sys.stderr, flush=True)
+        done = sum(s in STATES for s in states)
+        print(f"mnist_lit: stopped by SIGTERM: the study keeps its {done} finished trial{'s' * (done != 1)}, the one "
+              "under way is marked FAIL (its line above); the same command goes on with the study", file=sys.stderr, flush=True)
         return 143
     if code != 0:
         return code

@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -195,10 +196,30 @@ def describe_url(url: str) -> str:
         return url
 
 
+_STORAGES: dict[str, Any] = {}
+
+
 def open_storage(url: str) -> Any:
     """An Optuna storage from a URL: `journal:PATH` is a journal file (processes on one machine, or a
     shared file system with working locks); anything else is an SQLAlchemy URL (sqlite, postgresql,
-    mysql). One line when it cannot be reached."""
+    mysql). One per URL in a process. One line when it cannot be reached."""
+    if url not in _STORAGES:
+        for attempt in range(5):
+            try:
+                _STORAGES[url] = _open_storage(url)
+                break
+            except _SchemaRace:  # two machines creating Optuna's tables at once: the other one won
+                time.sleep(0.5 * (attempt + 1))
+        else:
+            _STORAGES[url] = _open_storage(url, retry=False)
+    return _STORAGES[url]
+
+
+class _SchemaRace(Exception):
+    pass
+
+
+def _open_storage(url: str, retry: bool = True) -> Any:
     import optuna
 
     try:
@@ -217,6 +238,9 @@ def open_storage(url: str) -> Any:
     except UserError:
         raise
     except (Exception, SystemExit) as e:  # sqlalchemy's errors, a missing driver (ImportError), a bad URL
+        if retry and type(e).__name__ in ("IntegrityError", "ProgrammingError") and (
+                "already exists" in str(e) or "duplicate key" in str(e)):
+            raise _SchemaRace from e
         reason = getattr(e, "orig", None) or e
         text = " ".join(str(reason).split()) or type(reason).__name__
         if isinstance(e, ImportError) and isinstance(e.__cause__, ImportError):  # Optuna's words hide the driver's
@@ -280,11 +304,13 @@ class Settings:
 
 
 class Stop:
-    """SIGTERM (or Ctrl-C) in a worker: no new trial starts; the one under way stops at its next step."""
+    """SIGTERM (or Ctrl-C) in a worker: no new trial starts; the one under way stops at its next step.
+    In the command's own process, the signal also goes on to the worker processes it started."""
 
     def __init__(self) -> None:
         self.asked: str | None = None
         self.notice: Any = None  # the running trial's InterruptNotice
+        self.children: list[Any] = []  # multiprocessing.Process
 
     def listen(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -293,6 +319,12 @@ class Stop:
         self.asked = "SIGTERM"
         if self.notice is not None:
             self.notice.sigterm = True
+        for child in self.children:
+            if child.pid is not None and child.exitcode is None:
+                try:
+                    os.kill(child.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
 
 class Tickets:
@@ -431,29 +463,33 @@ def trial_last(trial: Any) -> tuple[int, float]:
     return step, values.get(step, float("nan"))
 
 
-def worker_loop(settings: Settings, tickets: Tickets, index: int) -> int:
+def worker_loop(settings: Settings, tickets: Tickets, index: int, stop: Stop | None = None, ready: Any = None) -> int:
     """One worker: trials until the budget, the time or a SIGTERM runs out. 0, or 143 after a SIGTERM."""
-    stop = Stop()
+    stop = stop or Stop()
     before = signal.getsignal(signal.SIGTERM)
     stop.listen()
     try:
         with quiet():
-            return _trials(settings, tickets, index, stop)
+            return _trials(settings, tickets, index, stop, ready)
     finally:
         signal.signal(signal.SIGTERM, before)
 
 
-def _trials(settings: Settings, tickets: Tickets, index: int, stop: Stop) -> int:
+def _trials(settings: Settings, tickets: Tickets, index: int, stop: Stop, ready: Any) -> int:
     import optuna
 
-    storage = open_storage(settings.storage)
-    study = optuna.load_study(study_name=settings.study, storage=storage)
+    study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage))
     seed = None
     if settings.seed is not None:  # a worker's own seed, new on every run: a resumed study gets new values
         text = f"{settings.seed}:{index}:{len(study.trials)}"
         seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
     study.sampler, study.pruner = make_sampler(seed), make_pruner(settings.pruner)
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    if ready is not None:  # the workers of one command start together (the first would otherwise run
+        try:               # trials alone while the others import torch)
+            ready.wait(timeout=120)
+        except threading.BrokenBarrierError:  # a worker died on its way: the others go on
+            pass
     while stop.asked is None:
         if settings.deadline is not None and time.time() >= settings.deadline:
             break
@@ -465,14 +501,25 @@ def _trials(settings: Settings, tickets: Tickets, index: int, stop: Stop) -> int
     return 143 if stop.asked == "SIGTERM" else 0
 
 
-def worker_process(settings: Settings, shared: Any, index: int) -> None:
-    """A worker of `--workers K`, in a process of its own (multiprocessing's spawn)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        import torch
+@contextlib.contextmanager
+def cpu_share(workers: int) -> Iterator[None]:
+    """torch's threads split between the workers of one machine (unless OMP_NUM_THREADS says otherwise)."""
+    import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+    before = torch.get_num_threads()
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     try:
-        code = worker_loop(settings, Tickets(0, shared), index)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def worker_process(settings: Settings, shared: Any, ready: Any, index: int) -> None:
+    """Worker `index` of `--workers K`, in a process of its own (multiprocessing's spawn)."""
+    try:
+        with cpu_share(settings.workers):
+            code = worker_loop(settings, Tickets(0, shared), index, ready=ready)
     except UserError as e:
         print(f"mnist_lit: error: {e}", file=sys.stderr, flush=True)
         code = 1
@@ -481,32 +528,30 @@ def worker_process(settings: Settings, shared: Any, index: int) -> None:
 
 
 def run_workers(settings: Settings) -> int:
-    """K worker processes sharing the command's trial budget; SIGTERM to this one reaches them all."""
+    """The command's own process is worker 0; workers 1..K-1 are processes it starts (they share its trial
+    budget, and SIGTERM to it reaches them). 0, 143 after a SIGTERM, 1 when a worker failed."""
     ctx = multiprocessing.get_context("spawn")
     shared = ctx.Value("i", settings.trials, lock=True)
-    procs = [ctx.Process(target=worker_process, args=(settings, shared, i), daemon=False) for i in range(settings.workers)]
-    for p in procs:
-        p.start()
-    stopped: list[bool] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        stopped.append(True)
-        for p in procs:
-            if p.pid is not None and p.exitcode is None:
-                try:
-                    os.kill(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-
-    signal.signal(signal.SIGTERM, forward)
-    for p in procs:
-        p.join()
-    codes = [p.exitcode for p in procs]
-    if stopped or 143 in codes:
+    ready = ctx.Barrier(settings.workers)
+    stop = Stop()
+    stop.children = [ctx.Process(target=worker_process, args=(settings, shared, ready, i))
+                     for i in range(1, settings.workers)]
+    for child in stop.children:
+        child.start()
+    try:
+        with cpu_share(settings.workers):
+            code = worker_loop(settings, Tickets(0, shared), 0, stop, ready)
+    except BaseException:
+        ready.abort()
+        stop._on_signal(signal.SIGTERM, None)  # this worker failed: the others stop too, their trials marked
+        raise
+    finally:
+        for child in stop.children:
+            child.join()
+    codes = [code, *(child.exitcode for child in stop.children)]
+    if 143 in codes or stop.asked:
         return 143
-    if any(code != 0 for code in codes):
-        return 1
-    return 0
+    return 0 if all(c == 0 for c in codes) else 1
 
 
 # ---------------------------------------------------------------- the end: table, best config, figure

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -161,16 +162,15 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_two_workers_share_a_journal_study(data_root: Path, tmp_path: Path):
+def test_two_workers_share_a_journal_study(data_root: Path, tmp_path: Path, capsys):
+    """--workers 2: this process is worker 0 and starts worker 1; one budget of 5 trials between them."""
     out = tmp_path / "out"
     out.mkdir()
     url = f"journal:{out / 'study.log'}"
-    proc = cli_process(*tune(data_root, out, "--trials", "5", "--workers", "2", "--storage", url))
-    stdout, stderr = finish(proc)
-    assert proc.returncode == 0, stderr
-    assert sorted(line.split(" - ")[0] for line in trial_lines(stdout)) == [f"Trial {n}" for n in range(5)]
+    assert run(*tune(data_root, out, "--trials", "5", "--workers", "2", "--storage", url), "--trainer.max_epochs", "3") == 0
+    stdout = capsys.readouterr().out  # worker 1's lines go to the terminal, not to capsys
     assert_shared_fairly(load(url), 5)
-    assert (out / "best.yaml").is_file()
+    assert f"All trials of study 'fashion_mlp' ({url})" in stdout and (out / "best.yaml").is_file()
 
 
 def _has(module: str) -> bool:
@@ -229,38 +229,56 @@ def _user_exists(name: str) -> bool:
 
 
 @pytest.mark.slow
-def test_two_machines_share_a_postgresql_study(postgres: str, data_root: Path, tmp_path: Path):
-    """The many-machines recipe: the same command, started twice (here on one machine), on one server."""
-    procs = [cli_process(*tune(data_root, tmp_path / f"out{i}", "--trials", "2", "--storage", postgres))
-             for i in range(2)]
-    results = [finish(p) for p in procs]
-    for proc, (_, stderr) in zip(procs, results):
-        assert proc.returncode == 0, stderr
-    numbers = sorted(int(line.split(" - ")[0].split()[1]) for out, _ in results for line in trial_lines(out))
-    assert numbers == [0, 1, 2, 3]
+def test_two_machines_share_a_postgresql_study(postgres: str, data_root: Path, tmp_path: Path, capsys):
+    """The many-machines recipe: the same command, run twice at once (a process of its own and this one),
+    on one server."""
+    other = cli_process(*tune(data_root, tmp_path / "out1", "--trials", "2", "--storage", postgres))
+    try:
+        assert run(*tune(data_root, tmp_path / "out0", "--trials", "2", "--storage", postgres)) == 0
+    finally:
+        stdout, stderr = finish(other)
+    assert other.returncode == 0, stderr
+    numbers = sorted(int(line.split(" - ")[0].split()[1])
+                     for out in (stdout, capsys.readouterr().out) for line in trial_lines(out))
+    assert numbers == [0, 1, 2, 3], "every trial reported once, by the command that ran it"
     assert_shared_fairly(load(postgres), 4)
 
 
 @pytest.mark.slow
-def test_sigterm_mid_trial_keeps_the_finished_ones_and_marks_the_interrupted_one(data_root: Path, tmp_path: Path):
+def test_sigterm_mid_trial_keeps_the_finished_ones_and_marks_the_interrupted_one(data_root: Path, tmp_path: Path,
+                                                                                   capsys):
     out = tmp_path / "out"
     url = f"sqlite:///{out / 'study.db'}"
     assert run(*tune(data_root, out, "--trials", "1")) == 0  # a finished trial, kept
-    # then a trial that would train for a long time, stopped by SIGTERM once it is under way
-    proc = cli_process(*tune(data_root, out, "--trials", "3", "--pruner", "none"), "--trainer.max_epochs", "100000",
-                       own_session=True)
-    deadline = time.monotonic() + 120
-    while not load(url).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no trial started"
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = finish(proc, timeout=60)
-    assert proc.returncode == 143, stderr
-    assert stderr.startswith("mnist_lit: stopped by SIGTERM: the study keeps its 1 finished trial, ") \
-        and stderr.count("\n") == 1, stderr
+    capsys.readouterr()
+
+    # then a trial that would train for a long time, stopped by SIGTERM to this process once it is under way
+    # (as `kill` sends it: tune's handler, then fit's, take it in the main thread)
+    sent: list[str] = []
+
+    def send_sigterm_mid_trial() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            running = load(url).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            handler = signal.getsignal(signal.SIGTERM)
+            if running and callable(handler) and handler is not signal.default_int_handler:
+                time.sleep(1.0)  # some epochs in
+                if callable(signal.getsignal(signal.SIGTERM)):  # never SIGTERM pytest itself
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    sent.append("SIGTERM")
+                return
+            time.sleep(0.2)
+
+    sender = threading.Thread(target=send_sigterm_mid_trial, daemon=True)
+    sender.start()
+    code = run(*tune(data_root, out, "--trials", "3", "--pruner", "none"), "--trainer.max_epochs", "1000000")
+    sender.join()
+    captured = capsys.readouterr()
+    assert sent and code == 143, captured
+    assert captured.err.startswith("mnist_lit: stopped by SIGTERM: the study keeps its 1 finished trial, ") \
+        and captured.err.count("\n") == 1, captured.err
     trials = load(url).get_trials(deepcopy=False)
     assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "FAIL")]
     assert trials[1].user_attrs["note"].startswith("interrupted by SIGTERM in epoch ")
-    assert "Trial 1 - " in stdout and "interrupted by SIGTERM" in stdout
+    assert "Trial 1 - " in captured.out and "interrupted by SIGTERM" in captured.out
+    assert signal.getsignal(signal.SIGTERM) is not None

@@ -383,6 +383,15 @@ def build(settings: Settings, extra: list[str], callbacks: list[Any] | None = No
     return cli
 
 
+_DATA: dict[str, Any] = {}
+
+
+def shared_data(datamodule: Any) -> Any:
+    """One data module per data config and process: the images are read (and split) once, not per trial."""
+    key = json.dumps(dict(datamodule.hparams), sort_keys=True, default=str)
+    return _DATA.setdefault(key, datamodule)
+
+
 def run_trial(study: Any, settings: Settings, stop: Stop, worker: str) -> str:
     """Ask the study for a trial, fit it and tell the study how it went. Returns the trial's line."""
     import optuna
@@ -410,7 +419,7 @@ def run_trial(study: Any, settings: Settings, stop: Stop, worker: str) -> str:
         notice = next(i for i, c in enumerate(callbacks) if isinstance(c, InterruptNotice))
         callbacks[notice] = stop.notice = QuietNotice()
         stop.notice.sigterm = stop.asked is not None
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        cli.trainer.fit(cli.model, datamodule=shared_data(cli.datamodule))
     except optuna.TrialPruned:
         seconds = time.perf_counter() - start
         keep(trial, cli, seconds)
@@ -828,7 +837,7 @@ def tune(opts: argparse.Namespace, fit_args: list[str]) -> int:
     check_values(probe, settings, space_path)
     study = open_study(open_storage(url), url, name, space_record(space), Path(config).stem)
     val_size = probe.datamodule.hparams.val_size
-    probe.datamodule.source  # a data folder with a file missing: one line, before any trial
+    shared_data(probe.datamodule).source  # a data folder with a file missing: one line, before any trial
     before = len(study.trials)
     print(f"Study {name!r} in {describe_url(url)}: {before} trial{'s' * (before != 1)} so far; adding {opts.trials} "
           f"on {settings.workers} worker{'s' * (settings.workers != 1)}, scored by {METRIC} on a hold-out of "

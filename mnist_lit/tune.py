@@ -741,7 +741,8 @@ def parser() -> argparse.ArgumentParser:
                     "--data.data_dir ...) go to every trial's fit, as `fit` takes them.")
     p.add_argument("--config", "-c", required=True, help="the tutorial's config, as fit takes it (fashion_mlp)")
     p.add_argument("--space", help="the search space YAML (default: configs/tune/<tutorial>.yaml)")
-    p.add_argument("--trials", type=int, default=20, help="trials this command adds to the study, across its workers (20)")
+    p.add_argument("--trials", type=int, default=20, help="trials this command adds to the study, across its workers (20); 0: only "
+                   "the table, best config and figure of the study as it stands")
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts (the ones under way finish)")
     p.add_argument("--storage", help="an Optuna storage: sqlite:///PATH, postgresql+psycopg://USER:PASS@HOST/DB, "
                    "mysql+pymysql://..., or journal:PATH for a journal file (default: sqlite in --output_dir)")
@@ -762,8 +763,8 @@ def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         if arg.split("=", 1)[0] in ("--data.val",):
             raise UserError("tune: --data.val is set by tune: trials validate on a hold-out of the training "
                             "images (--data.val_size sets its size), never on the test set")
-    if opts.trials < 1:
-        raise UserError(f"--trials {opts.trials}: at least 1")
+    if opts.trials < 0:
+        raise UserError(f"--trials {opts.trials}: 0 or more")
     if opts.workers < 1:
         raise UserError(f"--workers {opts.workers}: at least 1")
     if opts.timeout is not None and opts.timeout <= 0:
@@ -833,7 +834,7 @@ def tune(opts: argparse.Namespace, fit_args: list[str]) -> int:
     name = opts.study or tutorial
     deadline = time.time() + opts.timeout if opts.timeout else None
     settings = Settings(config, fit_args, space, url, name, str(out), opts.trials, deadline,
-                        None if opts.seed == -1 else opts.seed, opts.pruner, min(opts.workers, opts.trials), tutorial)
+                        None if opts.seed == -1 else opts.seed, opts.pruner, max(1, min(opts.workers, opts.trials)), tutorial)
     check_values(probe, settings, space_path)
     study = open_study(open_storage(url), url, name, space_record(space), Path(config).stem)
     val_size = probe.datamodule.hparams.val_size
@@ -842,7 +843,9 @@ def tune(opts: argparse.Namespace, fit_args: list[str]) -> int:
     print(f"Study {name!r} in {describe_url(url)}: {before} trial{'s' * (before != 1)} so far; adding {opts.trials} "
           f"on {settings.workers} worker{'s' * (settings.workers != 1)}, scored by {METRIC} on a hold-out of "
           f"{val_size:,} training images", flush=True)
-    if settings.workers == 1:
+    if opts.trials == 0:
+        code = 0
+    elif settings.workers == 1:
         code = worker_loop(settings, Tickets(opts.trials), 0)
     else:
         code = run_workers(settings)

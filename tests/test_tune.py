@@ -89,6 +89,10 @@ def test_search_writes_a_config_that_fit_trains_and_resumes(data_root: Path, tmp
     assert [line.split(" - ")[0] for line in trial_lines(printed)] == ["Trial 2"]
     assert len(load(f"sqlite:///{out / 'study.db'}").trials) == 3
 
+    assert run(*tune(data_root, out, "--trials", "0")) == 0  # the study's table, best config and figure only
+    printed = capsys.readouterr().out
+    assert not trial_lines(printed) and "3 trials so far" in printed and "Best: trial " in printed
+
 
 def write_space(path: Path, text: str) -> Path:
     path.write_text(text)

@@ -624,14 +624,36 @@ def best_config(settings: Settings, probe: Any, best: Any, val_size: int) -> Pat
     return path
 
 
+def param_importances(study: Any, finished: int) -> tuple[dict[str, float], str]:
+    """How much of the spread in the score each hyperparameter explains: fANOVA over every finished trial
+    (a random forest, scikit-learn's), else Optuna's default PED-ANOVA, which looks only at the best trials
+    (with the KerasTuner space those all have lr 1e-3, so it calls lr unimportant). Empty with too few."""
+    import optuna
+
+    if finished < 2:
+        return {}, ""
+    try:
+        import sklearn  # noqa: F401
+
+        evaluator, method = optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA"
+    except ImportError:
+        evaluator, method = optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
+    try:
+        with warnings.catch_warnings():  # few trials: the evaluators warn, and the bars show it
+            warnings.simplefilter("ignore")
+            return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), method
+    except Exception:  # too few distinct results for the evaluator
+        return {}, ""
+
+
 def figure(study: Any, params: list[Param], path: Path) -> Path:
     """The search on one page: each trial's score and the best so far; the score against each
-    hyperparameter; and how much each hyperparameter mattered (Optuna's PED-ANOVA importances)."""
+    hyperparameter; and how much each hyperparameter mattered (`param_importances`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
+    from matplotlib.ticker import MaxNLocator
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -657,9 +679,11 @@ def figure(study: Any, params: list[Param], path: Path) -> Path:
             best = max(best, t.value)
             xs.append(t.number)
             ys.append(best)
-        ax.step(xs, ys, where="post", color="tab:orange", label="best so far")
+        last_number = max(t.number for t in trials)
+        ax.step([*xs, last_number], [*ys, ys[-1]], where="post", color="tab:orange", label="best so far")
     ax.set(title="Search history", xlabel="trial", ylabel=f"{METRIC} (hold-out)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="best", fontsize=8, framealpha=0.85)
     ax.grid(alpha=0.3)
 
     for ax, p in zip(axes[1:], params):
@@ -681,16 +705,11 @@ def figure(study: Any, params: list[Param], path: Path) -> Path:
         ax.grid(alpha=0.3)
 
     ax = axes[1 + len(params)]
-    try:
-        with warnings.catch_warnings():  # few trials: PED-ANOVA says its quantiles coincide, and the bars show it
-            warnings.simplefilter("ignore")
-            importances = optuna.importance.get_param_importances(study) if len(done) >= 2 else {}
-    except Exception:  # too few distinct results for the evaluator
-        importances = {}
+    importances, method = param_importances(study, len(done))
     if importances:
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names], color="tab:green")
-        ax.set(title="Hyperparameter importance (PED-ANOVA)", xlabel="share of the spread in " + METRIC)
+        ax.set(title=f"Hyperparameter importance ({method})", xlabel="share of the spread in " + METRIC)
     else:
         ax.text(0.5, 0.5, "importances need at least two\nfinished trials with different scores",
                 ha="center", va="center", transform=ax.transAxes)

@@ -429,7 +429,10 @@ def run_trial(study: Any, settings: Settings, stop: Stop, worker: str) -> str:
     except BaseException as e:  # SIGTERM, Ctrl-C, a bad value, a bug: the trial is marked, never left running
         seconds = time.perf_counter() - start
         epoch = cli.trainer.current_epoch + 1 if cli is not None else 0
-        why = ("SIGTERM" if isinstance(e, SIGTERMException) else "Ctrl-C" if isinstance(e, (KeyboardInterrupt, SystemExit))
+        # Lightning turns Ctrl-C into sys.exit(1); a bad flag's one line (already printed) into SystemExit(2)
+        ctrl_c = isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt)
+        why = ("SIGTERM" if isinstance(e, SIGTERMException) else "Ctrl-C" if ctrl_c
+               else f"a bad setting (exit status {e.code})" if isinstance(e, SystemExit)
                else f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
         note = f"interrupted by {why} in epoch {epoch}" if why in ("SIGTERM", "Ctrl-C") else f"failed in epoch {epoch}: {why}"
         trial.set_user_attr("note", note)

@@ -755,8 +755,13 @@ def finish(settings: Settings, probe: Any, study: Any, val_size: int) -> None:
 # ---------------------------------------------------------------- the command
 
 
+class _OneLine(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's usage block and message: one line, like the other commands
+        raise UserError(f"tune: {message} (--help lists the options)")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLine(
         prog="python -m mnist_lit tune",
         description="Search a tutorial's hyperparameters with Optuna (TPE sampler, Hyperband pruning on "
                     f"{METRIC} of a hold-out of the training images). Flags not listed here (--trainer.max_epochs 3, "

@@ -18,7 +18,7 @@ from mnist_lit.errors import UserError
 
 # commands of our own (everything else goes to the Lightning CLI) and the module that runs each
 COMMANDS = {"report": "report", "export": "export", "classify": "classify", "import-keras": "keras_import",
-            "serve": "serve"}
+            "serve": "serve", "tune": "tune"}
 LIGHTNING_COMMANDS = {
     "fit": "train a tutorial, test it, and save model.ckpt, metrics.json, figures and model.pt",
     "validate": "the validation loss and accuracy of a checkpoint",
@@ -31,6 +31,7 @@ OWN_COMMANDS = {
     "classify": "classify photos of digits with a checkpoint or an exported model",
     "import-keras": "a model trained in Keras (.keras or .h5) becomes an mnist_lit checkpoint",
     "serve": "an HTTP API and a page to draw a digit on (LitServe)",
+    "tune": "search a tutorial's hyperparameters (Optuna), on one machine or many",
 }
 TUTORIALS = ("dense512", "cnn", "tiny_mlp", "fashion_mlp", "softmax_regression")
 

@@ -65,6 +65,11 @@ def chinese_fonts() -> str | None:
     from matplotlib import font_manager, rcParams
 
     installed = {f.name for f in font_manager.fontManager.ttflist}
+    if not installed.intersection(CJK_FONTS):  # matplotlib's font cache may predate the font's install
+        for path in font_manager.findSystemFonts():
+            if "CJK" in path or "wqy" in path:
+                font_manager.fontManager.addfont(path)
+        installed = {f.name for f in font_manager.fontManager.ttflist}
     cjk = next((name for name in CJK_FONTS if name in installed), None)
     if cjk is not None:
         rcParams["font.family"] = ["DejaVu Sans", cjk]

@@ -183,6 +183,9 @@ def notebooks(names: list[str], folder: Path, lang: str, run: bool) -> None:
     for name in names:
         notebook = read(name) if lang == "both" else in_language(read(name), lang)
         path = folder / f"{name}.ipynb"
+        if not run and path.exists() and path.stat().st_mtime >= (HERE / f"{name}.py").stat().st_mtime:
+            print(f"kept {path}: newer than its source (delete it to start again)")
+            continue
         if run:
             start = time.perf_counter()
             execute(notebook, folder.resolve())

@@ -22,13 +22,13 @@
 # [English](../dense512.md) · [术语对照](../../glossary.md)
 #
 # 这是 Chollet《Python 深度学习》第 2 章的第一个网络：把每张 28 x 28 的图片展平成 784 个数，接一个 512 个
-# 单元、ReLU 激活的 Dense 层，再接一个 10 类的 Dense 层；优化器用 RMSprop，批量大小 128，训练 5 轮（epoch）。
+# 单元、ReLU 激活的 Dense 层，再接一个输出 10 个类别的 Dense 层；优化器用 RMSprop，批量大小 128，训练 5 轮（epoch）。
 # 书中给出的测试准确率约为 98%；mnist_lit 在随机种子 0 下得到 0.9794（见 README 的表格），下面 `Test:`
 # 那一行是本页这次运行的结果。
 #
 # 本页按书中的顺序一步一步来，每一步都先说它替代的是哪个 Keras 调用，再说哪里不同、为什么。代码是普通的
 # Lightning 写法（`L.Trainer`、`CSVLogger`），训练逻辑在 mnist_lit 的 LightningModule 里，页面上直接显示
-# 它的源代码。代码和英文版是同一份，注释和输出因此是英文的；术语的中文译名见[术语对照](../../glossary.md)。
+# 它的源代码。代码与英文版共用同一份，所以注释和输出都是英文；术语的中文译名见[术语对照](../../glossary.md)。
 # 本页的源文件 `dense512.py` 是 jupytext 的 `py:percent` 格式：它本身是普通的 Python 脚本，也能当作
 # notebook 打开（`make notebook`，见 README）。`make docs` 会运行它，连同输出一起生成本页。
 #
@@ -95,8 +95,8 @@ def logged_epochs(logger):  # the CSVLogger's metrics.csv as one dict per epoch,
 # ## 1. 读入数据，看一看
 #
 # Keras：`keras.datasets.mnist.load_data()` 返回四个 numpy 数组。Lightning 里由数据模块（LightningDataModule）
-# 管理数据，并把一个个批量交给训练器（Trainer）。`MNISTDataModule` 会找到 MNIST 的四个文件（仓库里的
-# `data/MNIST/raw` 已经带着，不需要下载），图片保存为 uint8 张量，形状是通道在前的 N x 1 x 28 x 28，这是
+# 管理数据，并把一个个批量交给训练器（Trainer）。`MNISTDataModule` 会找到 MNIST 的四个文件（仓库的
+# `data/MNIST/raw` 里已经有了，不需要下载），图片保存为 uint8 张量，形状是通道在前的 N x 1 x 28 x 28，这是
 # PyTorch 各层要求的顺序（Keras 的数组是 N x 28 x 28）。标签仍是 0-9 的类别编号：下面的损失函数直接接受
 # 类别编号，所以不需要 `to_categorical` 转成独热编码。
 
@@ -130,8 +130,8 @@ show(report.plot_images(images[:16], [str(int(y)) for y in labels[:16]], OUT / "
 # 再调用 `model.summary()`。书中先把图片 reshape 成 60000 x 784；这里由网络的第一层 `nn.Flatten` 对每个
 # 批量做这件事。
 #
-# 网络本身是一个普通的 `nn.Sequential`，层的顺序与 Keras 相同，叫 `Dense512Net`。`Dense512` 是
-# LightningModule，把它存为 `model.net`，并带上书中的训练配方（作为参数的默认值）。权重的初始化与 Keras
+# 网络本身是一个普通的 `nn.Sequential`，层的顺序与 Keras 相同，叫 `Dense512Net`。`Dense512` 是一个
+# LightningModule，它把网络保存在 `model.net` 中，书中的训练配方就是它各个参数的默认值。权重的初始化与 Keras
 # 相同（glorot-uniform 权重，偏置为零）。最后一层没有 softmax：网络输出 logits，损失是基于 logits 的交叉熵，
 # 数值上等于先做 softmax 再算交叉熵，但用 log-softmax 一步算完，数值更稳定。需要概率的地方（预测、导出的
 # 模型）再加上 softmax。下面是 mnist_lit 当前的源代码：
@@ -173,7 +173,7 @@ print(report.keras_summary(model.net, model.name))
 # 再让优化器更新权重。`validation_step` 和 `test_step` 计算同样的损失和准确率，但不更新权重；每个指标每轮
 # 只记录一次。`configure_optimizers` 创建 `compile` 里指定的那个优化器。`"rmsprop"` 对应的是
 # `KerasRMSprop`（`mnist_lit/optim.py`），而不是 `torch.optim.RMSprop`：Keras 把 eps 加在平方根里面，
-# `w -= lr * g / sqrt(v + eps)`，torch 加在外面，`sqrt(v) + eps`，两者的权重几步之后就会分开。五个教程
+# `w -= lr * g / sqrt(v + eps)`，torch 加在外面，`sqrt(v) + eps`，用两者训练，几步之后权重就不一样了。五个教程
 # 共用这些方法（`Tutorial` 类）：
 
 # %%
@@ -269,7 +269,7 @@ show(OUT / "confusion.png")
 # The first 16 test images; each title reads predicted (true), and red marks a mistake.
 
 # %% [markdown] lang="zh"
-# 前 16 张测试图片，标题是"预测（真实）"，红色表示预测错了。
+# 前 16 张测试图片，标题的格式是“预测 (true 真实)”，红色表示预测错了。
 
 # %%
 show(report.plot_images(test_images[:16], [f"{p} (true {t})" for p, t in zip(predicted.tolist(), test_labels.tolist())],

@@ -87,8 +87,8 @@ def logged_epochs(logger):  # the CSVLogger's metrics.csv as one dict per epoch,
 # ## 1. Load the data and look at it
 #
 # Keras: `keras.datasets.fashion_mnist.load_data()` and a list of the ten class names written out by
-# hand. `MNISTDataModule(dataset="fashion_mnist")` finds the four files (your `data/` folder first,
-# then the copy in `data/FashionMNIST/raw` or Debian's package) and names the classes itself, in
+# hand. `MNISTDataModule(dataset="fashion_mnist")` finds the four files (the repo ships them in
+# `data/FashionMNIST/raw`; Debian's package or a download serve too) and names the classes itself, in
 # `dm.classes`. Its images are uint8, N x 1 x 28 x 28, channels first as PyTorch's layers take them
 # (Keras' arrays: N x 28 x 28). `ZH` below gives each class its Chinese name, for the figures.
 
@@ -96,8 +96,8 @@ def logged_epochs(logger):  # the CSVLogger's metrics.csv as one dict per epoch,
 # ## 1. 读入数据，看一看
 #
 # Keras：`keras.datasets.fashion_mnist.load_data()`，再手写一个十个类别名的列表。
-# `MNISTDataModule(dataset="fashion_mnist")` 会找到四个数据文件（先找你的 `data/` 目录，再找
-# `data/FashionMNIST/raw` 里的副本或 Debian 的软件包），类别名也由它给出，在 `dm.classes` 里。图片是
+# `MNISTDataModule(dataset="fashion_mnist")` 会找到四个数据文件（仓库的
+# `data/FashionMNIST/raw` 里有一份；Debian 的软件包或下载也可以），类别名也由它给出，在 `dm.classes` 里。图片是
 # uint8，形状 N x 1 x 28 x 28，通道在前，这是 PyTorch 各层要求的格式（Keras 的数组是 N x 28 x 28）。
 # 下面的 `ZH` 给每个类别配上中文名，用在图里。
 
@@ -256,7 +256,7 @@ show(OUT / "confusion.png")
 # it is wrong, the true class's bar outlined.
 
 # %% [markdown] lang="zh"
-# 下面每张图片下方是它的十个概率：预测类别的柱子，预测对了是蓝色，错了是红色；真实类别的柱子加了黑框。
+# 下面每张图片的下方是它的十个概率：预测类别的柱子，预测对了是蓝色，错了是红色；真实类别的柱子加了黑框。
 
 # %%
 fig = Figure(figsize=(12, 5.5), layout="constrained")

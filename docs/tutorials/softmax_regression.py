@@ -257,7 +257,7 @@ show(OUT / "weights.png")
 # predicted (true); red marks a mistake.
 
 # %% [markdown] lang="zh"
-# 前 16 张测试图片的预测结果（TF1：`sess.run(y, feed_dict={x: ...})`）。标题是"预测（真实）"，红色表示
+# 前 16 张测试图片的预测结果（TF1：`sess.run(y, feed_dict={x: ...})`）。标题的格式是“预测 (true 真实)”，红色表示
 # 预测错了。
 
 # %%

@@ -23,7 +23,7 @@
 #
 # [English](../tiny_mlp.md) · [术语对照](../../glossary.md)
 #
-# TF2 教程里的小网络：两个 16 单元、ReLU 激活的 Dense 层，Dropout 0.2，再接一个 10 类的 Dense 层；优化器
+# TF2 教程里的小网络：两个 16 单元、ReLU 激活的 Dense 层，Dropout 0.2，再接一个输出 10 个类别的 Dense 层；优化器
 # 用 Adam，批量大小 32，训练 20 轮，并把测试集当作验证数据，这样每一轮都能看到两条损失曲线。之后保存模型、
 # 重新读入，再识别一张手写数字的照片。mnist_lit 在随机种子 0 下的测试准确率是 0.9543（见 README 的表格），
 # 下面 `Test:` 那一行是本页这次运行的结果。
@@ -201,7 +201,7 @@ trainer.fit(model, datamodule=dm)
 # %% [markdown] lang="zh"
 # ## 5. 评估
 #
-# Keras：`model.evaluate(x_test, y_test)`。它和最后一轮的验证是同一件事，再算一遍。
+# Keras：`model.evaluate(x_test, y_test)`。结果就是最后一轮的验证结果，只是重新算了一遍。
 
 # %%
 results = trainer.test(model, datamodule=dm, verbose=False)[0]
@@ -234,7 +234,7 @@ show(OUT / "curves.png")
 
 # %% [markdown] lang="zh"
 # Keras：`model.predict(x_test)`。`trainer.predict` 运行模块的 `predict_step`（网络，再加 softmax）。
-# 混淆矩阵显示测试错误出在哪里：行是真实类别，列是预测类别；然后是前 16 张测试图片，标题是"预测（真实）"，
+# 混淆矩阵显示测试错误出在哪里：行是真实类别，列是预测类别；然后是前 16 张测试图片，标题的格式是“预测 (true 真实)”，
 # 红色表示预测错了。
 
 # %%
@@ -368,6 +368,6 @@ show(OUT / "photo.png")
 # 本页发布时那次运行给出的答案说明了什么：直接缩放的照片是灰色纸上的深色字迹，和 MNIST 里的任何图片都
 # 不像，网络给它的答案和给空白纸的一样：都是 3，概率 1.000，答对纯属巧合。按 MNIST 方式处理后的照片，
 # 得到的答案和第 18 张测试图片本身一样，概率也几乎相同：都是 8，0.362 对 0.378。处理之后，网络看到的就是
-# MNIST 里的那个数字；认错是这个只有 13,002 个参数的网络自己的错，这个 3 在测试集里它也认错了。
+# MNIST 里的那个数字；识别错误是这个只有 13,002 个参数的小网络本身的问题：这个 3 在测试集里它也认不对。
 # （`tests/test_e2e.py` 在 200 张这样的照片上做同样的比较，用训练两轮的 cnn：处理后至少要认对 95%；直接
 # 缩放的最多认对 25%。）

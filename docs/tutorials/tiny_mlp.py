@@ -356,18 +356,18 @@ fig.savefig(OUT / "photo.png", dpi=80)
 show(OUT / "photo.png")
 
 # %% [markdown] lang="en"
-# What the answers of this page's published run said. The resized photo is grey paper with dark ink,
-# unlike anything in MNIST, and the network gives it the answer it gives the blank sheet: a 3 at 1.000
-# for both, right by accident. The framed photo gets the answer of test image 18 itself, at nearly the
-# same probability: an 8, at 0.362 against 0.378. Framing handed the network the digit MNIST holds, and
-# the mistake is this 13,002-parameter network's, on a 3 it misreads in the test set too.
+# What the answers above say. The resized photo is grey paper with dark ink, unlike anything in MNIST,
+# and the network gives it the answer it gives the blank sheet, at about the same probability: whatever
+# it says, the photo's digit played no part in it. The framed photo gets the answer of test image 18
+# itself, at a similar probability: framing handed the network the digit MNIST holds, and what it makes
+# of it is this 13,002-parameter network's reading of that test image, right or wrong.
 # (`tests/test_e2e.py` makes the same comparison on 200 such photos, with two epochs of the cnn: framed,
 # it requires at least 95% right; resized, at most 25%.)
 
 # %% [markdown] lang="zh"
-# 本页发布时那次运行给出的答案说明了什么：直接缩放的照片是灰色纸上的深色字迹，和 MNIST 里的任何图片都
-# 不像，网络给它的答案和给空白纸的一样：都是 3，概率 1.000，答对纯属巧合。按 MNIST 方式处理后的照片，
-# 得到的答案和第 18 张测试图片本身一样，概率也几乎相同：都是 8，0.362 对 0.378。处理之后，网络看到的就是
-# MNIST 里的那个数字；识别错误是这个只有 13,002 个参数的小网络本身的问题：这个 3 在测试集里它也认不对。
+# 上面的答案说明了什么：直接缩放的照片是灰色纸上的深色字迹，和 MNIST 里的任何图片都不像，网络给它的答案
+# 和给空白纸的一样，概率也差不多：不管答案是什么，都与照片上的数字无关。按 MNIST 方式处理后的照片，得到的
+# 答案和第 18 张测试图片本身一样，概率也相近：处理之后，网络看到的就是 MNIST 里的那个数字，至于认得对不对，
+# 取决于这个只有 13,002 个参数的小网络对那张测试图片的判断。
 # （`tests/test_e2e.py` 在 200 张这样的照片上做同样的比较，用训练两轮的 cnn：处理后至少要认对 95%；直接
 # 缩放的最多认对 25%。）

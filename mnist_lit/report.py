@@ -53,6 +53,28 @@ def keras_summary(net: nn.Module, name: str, input_shape: tuple[int, ...] = (1, 
 
 # ---------------------------------------------------------------- figures
 
+# fonts with Chinese glyphs, in order of preference (Debian: fonts-noto-cjk, fonts-wqy-microhei)
+CJK_FONTS = ("Noto Sans CJK SC", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Source Han Sans SC", "Microsoft YaHei",
+             "PingFang SC", "SimHei")
+
+
+def chinese_fonts() -> str | None:
+    """Let figures mix Chinese with Latin text: the first installed font of CJK_FONTS becomes matplotlib's
+    fallback after DejaVu Sans, glyph by glyph. Returns its name; None when none is installed (Chinese
+    characters would then be drawn as empty boxes)."""
+    from matplotlib import font_manager, rcParams
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    if not installed.intersection(CJK_FONTS):  # matplotlib's font cache may predate the font's install
+        for path in font_manager.findSystemFonts():
+            if "CJK" in path or "wqy" in path:
+                font_manager.fontManager.addfont(path)
+        installed = {f.name for f in font_manager.fontManager.ttflist}
+    cjk = next((name for name in CJK_FONTS if name in installed), None)
+    if cjk is not None:
+        rcParams["font.family"] = ["DejaVu Sans", cjk]
+    return cjk
+
 
 def per_class_accuracy(matrix: torch.Tensor | list[list[int]]) -> list[float]:
     """Each true class's share of right answers (recall), from a confusion matrix whose rows are true classes."""

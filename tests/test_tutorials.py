@@ -1,33 +1,35 @@
-"""The five tutorials in docs/tutorials/ run as notebooks through a real Jupyter kernel (jupytext turns each
-`py:percent` script into a notebook, nbclient executes it with ipykernel), their training cut to one epoch
-by MNIST_LIT_TUTORIAL_EPOCHS: a cell that fails fails the test, with its traceback. `make docs` runs them
-uncut and writes the pages; the pages are checked here against the scripts they were made from.
+"""The five tutorials in docs/tutorials/ run as notebooks through a real Jupyter kernel, by the route
+`make notebook-run` takes (render.py --notebooks: jupytext turns each `py:percent` script into a notebook,
+nbclient executes it with ipykernel), their training cut to one epoch by MNIST_LIT_TUTORIAL_EPOCHS: a cell
+that fails fails the test, with its traceback. Each runs once; its English and Chinese markdown cells
+share the code cells, so one run covers both languages. `make docs` runs them uncut and writes both
+pages; the pages are checked here against the script they were made from.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 from pathlib import Path
 
-import jupytext
+import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from mnist_lit import data
 
 REPO = Path(__file__).resolve().parent.parent
 TUTORIALS = REPO / "docs" / "tutorials"
-NAMES = ("dense512", "cnn", "tiny_mlp", "fashion_mlp", "softmax_regression")
+_spec = importlib.util.spec_from_file_location("render", TUTORIALS / "render.py")
+render = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(render)
+NAMES = render.NAMES
 # seed 0, one epoch (softmax_regression: 938 of its 2000 steps), on this repo's 2-core machine: dense512
 # 0.9567, cnn 0.9540, tiny_mlp 0.9248, fashion_mlp 0.8442, softmax_regression 0.9017; the floors only
 # catch a recipe that stopped learning
 FLOORS = {"fashion_mlp": 0.75}
 FLOOR = 0.85
-
-
-def read(name: str):
-    return jupytext.read(TUTORIALS / f"{name}.py", fmt="py:percent")
 
 
 @pytest.mark.e2e
@@ -40,38 +42,75 @@ def test_tutorial_runs_as_a_notebook(name: str, tmp_path: Path, monkeypatch: pyt
         except data.DataError:
             pytest.skip("Fashion-MNIST not on this machine (apt-get install dataset-fashion-mnist)")
     monkeypatch.setenv("MNIST_LIT_TUTORIAL_EPOCHS", "1")
-    # the kernel is a new process: it must import this checkout's mnist_lit, as the test does
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    # OpenMP's threads spin while they wait; beside a kernel's own threads on 2 cores, one cnn epoch took
-    # 38-164 s instead of 12-14 s. Passive waiting changes no result, only the time (see render.py)
+    # render.py points the kernel (a new process) at this checkout's mnist_lit and makes OpenMP's threads
+    # wait passively; set here first, so that the test leaves the environment as it found it
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    notebook = read(name)
-    # the kernel works in an empty folder, as a reader's would: what the tutorial writes lands there
-    NotebookClient(notebook, kernel_name="python3", timeout=600,
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    # the notebook lands in an empty folder and its kernel works there, as a learner's would
+    render.notebooks([name], tmp_path, "both", run=True)
+    notebook = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
+    assert notebook.metadata["kernelspec"]["name"] == "python3"  # opens in Jupyter without asking
 
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     stdout = "".join(o.text for cell in code for o in cell.outputs if o.get("name") == "stdout")
+    stderr = "".join(o.text for cell in code for o in cell.outputs if o.get("name") == "stderr")
     assert len(re.findall(r"^Epoch \d+/1 - ", stdout, re.M)) == 1, stdout  # the cut took effect
     accuracy = float(re.search(r"^Test: loss: [\d.]+ - acc: ([\d.]+)$", stdout, re.M)[1])
     assert accuracy >= FLOORS.get(name, FLOOR)
-    for cell in code:  # every figure a cell draws is on the page
-        if re.search(r"^(Image\(|show_images\()", cell.source, re.M):
+    # Chinese text in figures needs a CJK font; without one matplotlib warns and draws empty boxes
+    assert "missing from font" not in stderr, "no CJK font for the figures: apt-get install fonts-noto-cjk"
+    for cell in code:  # every figure a cell shows is on the page
+        if re.search(r"^show\(", cell.source, re.M):
             assert any("image/png" in o.get("data", {}) for o in cell.outputs), cell.source
+        if "show_source(" in cell.source.split("def show_source")[0]:  # mnist_lit's code, shown as it is now
+            assert any("```python" in o.get("data", {}).get("text/markdown", "") for o in cell.outputs), cell.source
     written = {p.name for p in (tmp_path / "checkpoints" / "tutorials" / name).iterdir()}
-    assert {"curves.png", "confusion.png"} <= written
-    if name == "tiny_mlp":  # saved, reloaded from the exported file, and the photo classified
+    assert {"curves.png", "confusion.png", "logs"} <= written
+    if name == "tiny_mlp":  # saved, reloaded, exported, the exported file reloaded, and the photo classified
         assert {"model.ckpt", "model.pt2", "photo.png"} <= written
         assert "same predictions: True" in stdout
         assert re.search(r"^photo, framed: \d \(", stdout, re.M), stdout
 
 
+@pytest.mark.parametrize("lang", render.LANGS)
 @pytest.mark.parametrize("name", NAMES)
-def test_page_is_rendered_from_its_tutorial(name: str):
-    """docs/tutorials/<name>.md holds every cell of <name>.py as it now reads (so a changed tutorial without
-    `make docs` fails here), and every figure it links to is in the repo."""
-    page = (TUTORIALS / f"{name}.md").read_text()
-    for cell in read(name).cells:
-        assert cell.source.replace(f"{REPO}/", "") in page, f"{name}.md is older than {name}.py: run make docs"
+def test_page_is_rendered_from_its_tutorial(name: str, lang: str):
+    """docs/tutorials/<name>.md (English) and zh/<name>.md (Chinese) hold every code cell of <name>.py as it
+    now reads and every markdown cell of their language, none of the other's (so a changed tutorial
+    without `make docs` fails here), and every figure they link to is in the repo."""
+    pages = render.PAGES[lang]
+    page = (pages / f"{name}.md").read_text()
+    for cell in render.read(name).cells:
+        text = cell.source.replace(f"{REPO}/", "")
+        mine = cell.metadata.get("lang", lang) == lang
+        if cell.cell_type == "markdown" and lang == "zh":
+            text = render.join_lines(text)
+        if cell.cell_type == "code" or mine:
+            assert text in page, f"{pages.name}/{name}.md is older than {name}.py: run make docs"
+        else:
+            assert text not in page, f"{pages.name}/{name}.md holds text of another language"
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page):
-        assert (TUTORIALS / link).is_file(), link
+        assert (pages / link).is_file(), link
+
+
+def test_every_markdown_cell_has_its_translation():
+    """Each tutorial's markdown cells come in pairs, English then Chinese, so neither page skips a step."""
+    for name in NAMES:
+        langs = [cell.metadata.get("lang") for cell in render.read(name).cells if cell.cell_type == "markdown"]
+        assert langs == ["en", "zh"] * (len(langs) // 2), f"{name}.py: {langs}"
+
+
+def test_chinese_lines_join_without_spaces():
+    """A line break inside a Chinese paragraph would show as a space between characters."""
+    text = "第一行\n第二行，`code`\n和 English\ntext\n\n- 列表\n- 项目\n```\n代码\n保留\n```"
+    assert render.join_lines(text) == "第一行第二行，`code` 和 English text\n\n- 列表\n- 项目\n```\n代码\n保留\n```"
+
+
+def test_notebooks_keep_one_language(tmp_path: Path):
+    """`make notebook NOTEBOOK_LANG=zh` writes notebooks with the Chinese text and every code cell."""
+    render.notebooks(["dense512"], tmp_path, "zh", run=False)
+    notebook = json.loads((tmp_path / "dense512.ipynb").read_text())
+    source = render.read("dense512")
+    markdown = [c for c in notebook["cells"] if c["cell_type"] == "markdown"]
+    assert markdown and all(c["metadata"]["lang"] == "zh" for c in markdown)
+    assert sum(c["cell_type"] == "code" for c in notebook["cells"]) == sum(c.cell_type == "code" for c in source.cells)

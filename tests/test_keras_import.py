@@ -72,8 +72,9 @@ def test_without_test_data_it_still_imports_and_says_so(tmp_path: Path, capsys, 
 
     from mnist_lit import data
 
-    # whatever this machine has installed (Debian's dataset-fashion-mnist), there is no copy to find
+    # neither the copy shipped in data/ nor one this machine installed (Debian's dataset-fashion-mnist) is found
     monkeypatch.setitem(data.DATASETS, "fashion_mnist", replace(data.DATASETS["fashion_mnist"], system=()))
+    monkeypatch.setattr(data, "REPO_DATA", tmp_path / "no-shipped-data")
     out = tmp_path / "out"
     assert run("import-keras", str(KERAS / "softmax_regression.keras"), "--output", str(out),
                "--data_dir", str(tmp_path / "nothing"), "--dataset", "fashion_mnist") == 0

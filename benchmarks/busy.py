@@ -40,8 +40,8 @@ def cpu_name() -> str:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or "unknown CPU"
-    field = dict(line.split(":", 1) for line in info.splitlines()[:30] if ":" in line)
-    get = lambda key: field.get(key, "?").strip()  # noqa: E731
+    field = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in info.splitlines()[:30] if ":" in line)}
+    get = lambda key: field.get(key, "?")  # noqa: E731
     return (f"{get('model name')}, family {get('cpu family')} model {get('model')}, "
             f"{'AVX-512' if 'avx512f' in info else 'AVX2 only'}, {os.cpu_count()} cores")
 

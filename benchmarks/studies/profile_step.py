@@ -24,7 +24,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-from mnist_lit.engine import pool_before_relu  # noqa: E402
 from mnist_lit.models import TUTORIALS  # noqa: E402
 
 BATCH = {"cnn": 128, "dense512": 128, "tiny_mlp": 32, "fashion_mlp": 32, "softmax_regression": 64}
@@ -39,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model = TUTORIALS[args.tutorial]()
-    net = pool_before_relu(model.net)  # as the engine runs it
+    net = model.net
     channels_last = any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
     if channels_last:
         net = net.to(memory_format=torch.channels_last)

@@ -1,5 +1,5 @@
-"""What backs the engine's two rules for small steps (mnist_lit/engine.py): one intra-op thread below
-ONE_THREAD_MACS, and whole compiled steps for long fits of dense networks.
+"""What backs the two rules for small steps: one intra-op thread below ONE_THREAD_MACS (mnist_lit/threads.py),
+and whole compiled steps for long fits of dense networks (mnist_lit/compiled_step.py).
 
     python -m benchmarks.studies.small_steps [--tutorials tiny_mlp fashion_mlp ...] [--steps 1500] [--rounds 2]
 
@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from mnist_lit import engine
+    from mnist_lit import threads as thread_rule
     from mnist_lit import models
 
     batch = {"dense512": 128, "cnn": 128, "tiny_mlp": 32, "fashion_mlp": 32, "softmax_regression": 64}
@@ -38,7 +38,7 @@ def main() -> None:
           "| compiled, 2 threads |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name in args.tutorials:
-        macs = engine.forward_macs(classes[name]().net, torch.zeros(batch[name], 1, 28, 28))
+        macs = thread_rule.forward_macs(classes[name]().net, torch.zeros(batch[name], 1, 28, 28))
         cells = {}
         for _ in range(args.rounds):
             for compiled in (False, True):

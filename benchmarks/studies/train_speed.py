@@ -39,7 +39,6 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from benchmarks.fits import CONFIGS, run_fit  # noqa: E402
 from mnist_lit.callbacks import quiet_lightning  # noqa: E402
 from mnist_lit.cli import MnistCLI, resolve_config  # noqa: E402
-from mnist_lit.engine import pool_before_relu  # noqa: E402
 
 
 class EpochClock(Callback):
@@ -81,7 +80,7 @@ def plain_epochs(cli, epochs: int, channels_last: bool) -> list[float]:
     dm = cli.datamodule
     model = type(cli.model)(**{k: v for k, v in cli.model.hparams.items() if not k.startswith("_")})
     device = dm._splits["train"][0].device
-    net = pool_before_relu(model.net).to(device)  # the network as the engine runs it
+    net = model.net.to(device)  # the network as fit runs it
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = model.configure_optimizers()
@@ -147,7 +146,7 @@ def bare_epochs(cli, epochs: int, channels_last: bool) -> list[float]:
     dm, hp = cli.datamodule, cli.model.hparams
     model = type(cli.model)(**{k: v for k, v in hp.items() if not k.startswith("_")})
     x_train, y_train = dm._splits["train"]
-    net = pool_before_relu(model.net).to(y_train.device)
+    net = model.net.to(y_train.device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = {"adam": lambda p: torch.optim.Adam(p, lr=hp.lr, eps=1e-7),

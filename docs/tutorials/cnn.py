@@ -42,7 +42,11 @@ import textwrap
 import warnings
 from pathlib import Path
 
-import lightning as L
+# torch's waiting threads spin unless told otherwise, taking a core from whatever else runs beside the
+# notebook; torch reads this once, when it starts (docs/benchmarks.md#threads-on-a-busy-machine)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import lightning as L  # noqa: E402
 import torch
 from IPython.display import Image, Markdown, display
 from lightning.pytorch.loggers import CSVLogger
@@ -188,8 +192,7 @@ print(model.configure_optimizers())
 logger = CSVLogger(OUT, name="logs")  # OUT/logs/version_0/metrics.csv, one row per epoch
 trainer = L.Trainer(max_epochs=EPOCHS, logger=logger, callbacks=[EpochLine()],
                     enable_checkpointing=False,  # Keras' fit writes no checkpoint either
-                    enable_model_summary=False,  # the summary was printed above, Keras' way
-                    log_every_n_steps=1)  # write what is logged when it is logged (once per epoch)
+                    enable_model_summary=False)  # the summary was printed above, Keras' way
 trainer.fit(model, datamodule=dm)
 
 # %% [markdown] lang="en"

@@ -45,7 +45,11 @@ import textwrap
 import warnings
 from pathlib import Path
 
-import lightning as L
+# torch's waiting threads spin unless told otherwise, taking a core from whatever else runs beside the
+# notebook; torch reads this once, when it starts (docs/benchmarks.md#threads-on-a-busy-machine)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import lightning as L  # noqa: E402
 import torch
 from IPython.display import Image, Markdown, display
 from lightning.pytorch.loggers import CSVLogger
@@ -192,8 +196,7 @@ logger = CSVLogger(OUT, name="logs")  # OUT/logs/version_0/metrics.csv, one row 
 trainer = L.Trainer(max_steps=2000, max_epochs=int(MAX_EPOCHS) if MAX_EPOCHS else None,
                     logger=logger, callbacks=[EpochLine()],
                     enable_checkpointing=False,  # TF1's loop wrote no files either
-                    enable_model_summary=False,  # the summary was printed above, Keras' way
-                    log_every_n_steps=1)  # write what is logged when it is logged (once per epoch)
+                    enable_model_summary=False)  # the summary was printed above, Keras' way
 trainer.fit(model, datamodule=dm)
 
 # %% [markdown] lang="en"

@@ -16,7 +16,7 @@ models are written from the tutorials' published recipes, in benchmarks/keras_re
 With --bare, two floors beside them, each in a process of its own over the same data tensors, network,
 optimizer and batch size, with no Lightning, no metrics and no validation: a bare eager loop (forward,
 loss, backward, `optimizer.step()`) and the same steps as one compiled program each
-(`mnist_lit.compiled_step.CompiledStep`), its compile included. Both choose threads as a fit does.
+(`mnist_lit.compiled_step.CompiledStep`), its compile included, on torch's threads or OMP_NUM_THREADS.
 
 With --bf16, each tutorial runs twice more: Keras under its `mixed_bfloat16` policy and mnist_lit with
 `--trainer.precision bf16-mixed`. Run it on an otherwise idle machine: torch's and TensorFlow's thread
@@ -116,7 +116,6 @@ def bare_child(name: str, compiled: str, limit: str = "0") -> None:
 
     import torch
 
-    from mnist_lit import threads
     from mnist_lit.compiled_step import CompiledStep
     from mnist_lit.cli import resolve_config
     from mnist_lit.data import MNISTDataModule
@@ -136,7 +135,6 @@ def bare_child(name: str, compiled: str, limit: str = "0") -> None:
     net, opt = model.net, model.configure_optimizers()
     whole = CompiledStep.build(net, opt, model.loss_and_totals) if compiled == "1" else None
     torch.manual_seed(0)
-    threads.ThreadChoice().start(net, x_all[:bs].float() / 255, compiled=whole is not None)  # as a fit chooses
     start = time.perf_counter()
     first = 0.0
     done, epoch = 0, 0

@@ -1,14 +1,18 @@
-"""How many intra-op threads a fit uses, so that its threads neither wait on each other for tiny kernels nor
-fight another program for a core (docs/benchmarks.md#threads-on-a-busy-machine).
+"""How many intra-op threads a fit uses: as many as are faster, measured each epoch on the fit itself.
 
-Two rules, applied at the start of each epoch on the CPU:
-- a small eager step (a forward pass of fewer than ONE_THREAD_MACS multiply-adds a batch) runs on one
-  thread: its few dozen small kernels each cost less than waking a second thread for them;
-- cores that other programs kept busy over the last epoch (before the first: over `FIRST_LOOK` seconds)
-  are left to them: two threads on two cores beside one busy program means one of ours keeps waiting for
-  the core it shares, and every step waits for it.
-A user's own choice wins: with OMP_NUM_THREADS set, or `torch.set_num_threads` called before the fit,
-nothing is changed. The count is put back when the fit ends.
+At the start of every epoch on the CPU, after one batch to settle, a few of the epoch's Lightning batches
+run on torch's full thread count and as many on one thread; the rest of the epoch runs on whichever was
+faster (one thread when it is within TIE of the other: it leaves a core to the rest of the machine). Why
+measure instead of a rule (docs/benchmarks.md#threads-on-a-busy-machine):
+- a small step's kernels each cost less than waking a second thread for them (softmax_regression, and
+  tiny_mlp and fashion_mlp eagerly), so one thread is faster even on an idle machine;
+- beside another program that keeps a core busy, or a second fit, two threads on two cores mean one of
+  ours keeps waiting for a core it shares, and every step waits for it: there one thread is faster for
+  every tutorial;
+- on an idle machine the cnn's convolutions run faster on every core.
+The batches of the trial are real training: only their speed differs. A user's own choice wins: with
+OMP_NUM_THREADS set, or `torch.set_num_threads` called before the fit, nothing is changed. The count is
+put back when the fit ends.
 
 Waiting threads spin unless OMP_WAIT_POLICY=PASSIVE, which only works when set before torch starts:
 `python -m mnist_lit` sets it (mnist_lit/__main__.py); in a notebook, set it in the first cell.
@@ -17,108 +21,65 @@ Waiting threads spin unless OMP_WAIT_POLICY=PASSIVE, which only works when set b
 from __future__ import annotations
 
 import os
+import statistics
 import time
 
 import torch
-from torch import nn
 
-ONE_THREAD_MACS = 10_000_000
-FIRST_LOOK = 0.2  # seconds of looking at the machine before the first epoch
-BUSY = 0.5  # a core counts as taken when other programs used it more than half of the time
-
-
-def forward_macs(net: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-adds of the Linear and Conv2d layers in one forward pass of the batch `x`."""
-    total = 0
-
-    def add(module: nn.Module, inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Linear):
-            total += output.numel() * module.in_features
-        else:
-            kh, kw = module.kernel_size
-            total += output.numel() * module.in_channels // module.groups * kh * kw
-    hooks = [m.register_forward_hook(add) for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    training = net.training
-    try:
-        with torch.no_grad():
-            net.eval()  # no dropout: the fit's random numbers stay as they were
-            net(x[:1])
-    finally:
-        net.train(training)
-        for hook in hooks:
-            hook.remove()
-    return total * len(x)
+TIE = 1.05  # one thread is kept unless all threads are more than 5% faster
+MOST_TRIAL_BATCHES = 5  # Lightning batches timed per thread count, at most...
+EPOCH_SHARE = 20  # ...and at most 1/20 of the epoch's batches, at least 2
 
 
-def _cores() -> int:
+def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _machine_busy_seconds() -> float | None:
-    """CPU seconds all programs have run since boot (Linux's /proc/stat; None elsewhere)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, idle, iowait, irq, softirq = fields[:7]
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
 class ThreadChoice:
-    """Chooses the thread count per epoch (module docstring); `start` at the fit's first batch, `epoch` at
-    each epoch start, `end` when the fit ends."""
+    """Chooses the thread count each epoch (module docstring). The module calls `epoch_start`, then
+    `batch_start` and `batch_end` around each training batch, and `end` when the fit ends."""
 
-    def __init__(self) -> None:
-        self.started = False
-        self.before: int | None = None  # the count to put back; None when the choice is not ours
-        self.small = False
-        self._look: tuple[float, float, float] | None = None
+    def __init__(self, clock=time.perf_counter) -> None:
+        self.clock = clock
+        self.most: int | None = None  # torch's thread count before the fit; 0 when the choice is not ours
+        self.plan: list[int | None] = []  # thread counts of the next batches (None: settle, not timed)
+        self.times: dict[int, list[float]] = {}
+        self.current: int | None = None
+        self.started = 0.0
+        self.chosen: int | None = None  # the last epoch's choice
 
     @staticmethod
     def users_own() -> bool:
         """OMP_NUM_THREADS, or a torch.set_num_threads that differs from torch's default of one per core."""
-        return "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() != _cores()
+        return "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() != cores()
 
-    def start(self, net: nn.Module, x: torch.Tensor, compiled: bool) -> None:
-        self.started = True
-        if x.device.type != "cpu" or self.users_own():
+    def epoch_start(self, on_cpu: bool, batches: int | float) -> None:
+        if self.most is None:
+            self.most = torch.get_num_threads() if on_cpu and not self.users_own() else 0
+        if self.most <= 1:
             return
-        self.before = torch.get_num_threads()
-        self.small = not compiled and forward_macs(net, x) < ONE_THREAD_MACS
-        self._look = self._now()
-        if not self.small:
-            time.sleep(FIRST_LOOK)
-        self.epoch()
+        k = max(2, min(MOST_TRIAL_BATCHES, int(batches) // EPOCH_SHARE if batches != float("inf") else MOST_TRIAL_BATCHES))
+        self.plan = [None] + [self.most] * k + [1] * k
+        self.times = {self.most: [], 1: []}
+        torch.set_num_threads(self.most)
 
-    def epoch(self) -> None:
-        """Set the count for the next epoch from what other programs did since the last look."""
-        if self.before is None:
+    def batch_start(self) -> None:
+        self.current = self.plan.pop(0) if self.plan else None
+        if self.current is not None:
+            torch.set_num_threads(self.current)
+        self.started = self.clock()
+
+    def batch_end(self) -> None:
+        if self.current is None:
             return
-        now = self._now()
-        others = self._others_busy(self._look, now)
-        self._look = now
-        taken = int(others + 1 - BUSY) if others is not None else 0  # 0.6 of a core counts as one, 0.4 as none
-        free = self.before - taken
-        threads = 1 if self.small else max(1, min(self.before, free))
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
+        self.times[self.current].append(self.clock() - self.started)
+        self.current = None
+        if not self.plan:  # the trial is over: the rest of the epoch runs on the faster count
+            many, one = (statistics.median(self.times[n]) for n in (self.most, 1))
+            self.chosen = 1 if one <= many * TIE else self.most
+            torch.set_num_threads(self.chosen)
 
     def end(self) -> None:
-        self.started = False
-        if self.before is not None:
-            torch.set_num_threads(self.before)
-            self.before = None
-
-    @staticmethod
-    def _now() -> tuple[float, float, float]:
-        return time.monotonic(), _machine_busy_seconds() or 0.0, time.process_time()
-
-    @staticmethod
-    def _others_busy(then: tuple[float, float, float] | None, now: tuple[float, float, float]) -> float | None:
-        """Cores other programs kept busy between two looks, on average."""
-        if then is None or _machine_busy_seconds() is None or now[0] - then[0] <= 0:
-            return None
-        wall, machine, ours = (b - a for a, b in zip(then, now))
-        return max(0.0, (machine - ours) / wall)
+        if self.most:
+            torch.set_num_threads(self.most)
+        self.most, self.plan, self.current = None, [], None

@@ -175,12 +175,12 @@ class Tutorial(L.LightningModule):
     def on_train_start(self) -> None:
         self.compiled_step = self.choose_compiled_step()
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if not self.threads.started:  # the thread count, chosen from the first batch's size (mnist_lit/threads.py)
-            self.threads.start(self.net, single_batches(batch)[0][0], compiled=self.compiled_step is not None)
-
     def on_train_epoch_start(self) -> None:
-        self.threads.epoch()  # and again each epoch, from what other programs did in the last one
+        # the thread count, measured on the epoch's first batches (mnist_lit/threads.py)
+        self.threads.epoch_start(self.trainer.strategy.root_device.type == "cpu", self.trainer.num_training_batches)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self.threads.batch_start()
 
     def teardown(self, stage: str) -> None:
         self.threads.end()
@@ -283,6 +283,7 @@ class Tutorial(L.LightningModule):
             self.epoch_row = {}
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.threads.batch_end()
         # logged on the epoch's last batch, not in on_train_epoch_end, so that callbacks can read the train
         # metrics in their own on_train_epoch_end, which Lightning calls before the module's
         if self.trainer.is_last_batch or 0 < self.trainer.max_steps <= self.trainer.global_step:

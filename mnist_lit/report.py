@@ -8,6 +8,7 @@ and offline.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 from pathlib import Path
@@ -89,6 +90,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def logged_history(log_dir: str | Path) -> list[dict[str, float]]:
+    """A CSVLogger's metrics.csv as Keras' `history`: one dict per epoch (epochs counted from 1, as Keras
+    prints them), the test row left out. The tutorials write one row per epoch (models/base.py)."""
+    with open(Path(log_dir) / "metrics.csv", newline="") as f:
+        return [{**{k: float(v) for k, v in row.items() if v}, "epoch": int(row["epoch"]) + 1}
+                for row in csv.DictReader(f) if row.get("train_loss")]
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, test: dict[str, float] | None = None):

@@ -10,9 +10,10 @@ measure instead of a rule (docs/benchmarks.md#threads-on-a-busy-machine):
   ours keeps waiting for a core it shares, and every step waits for it: there one thread is faster for
   every tutorial;
 - on an idle machine the cnn's convolutions run faster on every core.
-The batches of the trial are real training: only their speed differs. A user's own choice wins: with
-OMP_NUM_THREADS set, or `torch.set_num_threads` called before the fit, nothing is changed. The count is
-put back when the fit ends.
+The batches of the trial are real training: only their speed differs, and the last digits of the sums,
+which follow the thread count. A user's own choice wins: with OMP_NUM_THREADS set, `torch.set_num_threads`
+called before the fit, or deterministic algorithms asked for (`--trainer.deterministic true`), nothing is
+changed. The count is put back when the fit ends.
 
 Waiting threads spin unless OMP_WAIT_POLICY=PASSIVE, which only works when set before torch starts:
 `python -m mnist_lit` sets it (mnist_lit/__main__.py); in a notebook, set it in the first cell.
@@ -50,8 +51,10 @@ class ThreadChoice:
 
     @staticmethod
     def users_own() -> bool:
-        """OMP_NUM_THREADS, or a torch.set_num_threads that differs from torch's default of one per core."""
-        return "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() != cores()
+        """OMP_NUM_THREADS, a torch.set_num_threads that differs from torch's default of one per core, or
+        deterministic algorithms (a run that must repeat to the last digit keeps one thread count)."""
+        return ("OMP_NUM_THREADS" in os.environ or torch.get_num_threads() != cores()
+                or torch.are_deterministic_algorithms_enabled())
 
     def epoch_start(self, on_cpu: bool, batches: int | float) -> None:
         if self.most is None:

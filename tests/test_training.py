@@ -257,6 +257,12 @@ def test_threads_run_the_epoch_on_the_count_that_was_faster(default_threads: int
 def test_a_users_own_thread_count_is_left_alone(default_threads: int, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("OMP_NUM_THREADS", str(default_threads))
     assert set(timed_epoch({default_threads: 2.0, 1: 1.0})) == {default_threads}
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    torch.use_deterministic_algorithms(True)  # --trainer.deterministic true: a run that must repeat exactly
+    try:
+        assert set(timed_epoch({default_threads: 2.0, 1: 1.0})) == {default_threads}
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 class StepSpy(Callback):

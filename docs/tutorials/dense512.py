@@ -36,7 +36,6 @@
 # 完整训练。
 
 # %%
-import csv
 import inspect
 import logging
 import os
@@ -76,14 +75,6 @@ def show(path):  # a figure written to a file, shown in the notebook
 def show_source(*objects):  # mnist_lit's code as it is now: read when the notebook runs, never a copy
     display(Markdown("\n\n".join(f"```python\n{textwrap.dedent(inspect.getsource(o)).rstrip()}\n```"
                                  for o in objects)))
-
-
-def logged_epochs(logger):  # the CSVLogger's metrics.csv as one dict per epoch, like Keras' history.history
-    epochs = {}
-    with open(Path(logger.log_dir) / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            epochs.setdefault(int(row["epoch"]), {}).update({k: float(v) for k, v in row.items() if v})
-    return [{**m, "epoch": e + 1} for e, m in sorted(epochs.items()) if "train_loss" in m]  # Keras counts from 1
 
 
 # %% [markdown] lang="en"
@@ -242,7 +233,7 @@ print(f"Test: loss: {results['test_loss']:.4f} - acc: {results['test_acc']:.4f}"
 
 # %%
 print((Path(logger.log_dir) / "metrics.csv").read_text())
-history = logged_epochs(logger)
+history = report.logged_history(logger.log_dir)  # metrics.csv as Keras' history.history
 report.plot_curves(history, OUT / "curves.png", test=results)
 show(OUT / "curves.png")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import types
 from typing import Callable
 
 import torch
@@ -58,7 +59,12 @@ class CompiledStep:
         self.compiled = False  # whether the first call (the compile) has finished
         # a CUDA build of torch on a machine without CUDA warns about CUDA while it sets up its C++ compiler
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        self.program = torch.compile(self._step, fullgraph=True, dynamic=False)
+        # torch.compile keeps its programs, and counts them against a limit of 8, on the code object of the
+        # function it compiles; each CompiledStep compiles a copy of `_step` with its own code object, so
+        # that the programs of earlier fits in this process (tuning trials, a notebook's earlier cells) are
+        # dropped with their CompiledStep instead of filling that limit
+        step = types.FunctionType(CompiledStep._step.__code__.replace(), globals(), "_step")
+        self.program = torch.compile(types.MethodType(step, self), fullgraph=True, dynamic=False)
 
     @classmethod
     def build(cls, net: nn.Module, optimizer: torch.optim.Optimizer,

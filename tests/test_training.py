@@ -18,6 +18,7 @@ from mnist_lit import compiled_step, model_files, threads
 from mnist_lit.cli import MnistCLI, quiet_lightning, resolve_config_args
 from mnist_lit.data import MNISTDataModule, StepGroups, TensorBatches, is_group, load_split
 from mnist_lit.models import CNN, TinyMLP
+from mnist_lit.optim import KerasAdam
 from tests.helpers import REPO, TRAIN, fit
 
 
@@ -236,11 +237,16 @@ def timed_epoch(seconds_per_batch: dict[int, float], batches: int = 100) -> list
 
 
 @pytest.fixture
-def default_threads(monkeypatch: pytest.MonkeyPatch) -> int:
+def default_threads(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    # an earlier fit in this process with --trainer.deterministic true left deterministic algorithms on
+    # (Lightning sets them and does not put them back), which would make the choice the user's
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
     if threads.cores() < 2 or torch.get_num_threads() != threads.cores():
         pytest.skip("one core, or torch's thread count set before this test: nothing to choose")
-    return torch.get_num_threads()
+    yield torch.get_num_threads()
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def test_threads_run_the_epoch_on_the_count_that_was_faster(default_threads: int):
@@ -263,6 +269,21 @@ def test_a_users_own_thread_count_is_left_alone(default_threads: int, monkeypatc
         assert set(timed_epoch({default_threads: 2.0, 1: 1.0})) == {default_threads}
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_fits_in_one_process_each_get_their_own_compiled_program(monkeypatch: pytest.MonkeyPatch):
+    """A tuning study or a notebook runs many fits in one process: torch.compile's limit on programs per
+    function (8; 1 here) must not turn the later ones into a failure or a silent eager step."""
+    if compiled_step.cpp_compiler() is None:
+        pytest.skip("no C++ compiler: torch.compile cannot build CPU code here")
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    for _ in range(3):
+        module = TinyMLP(dropout=0.0)
+        step = compiled_step.CompiledStep(module.net, KerasAdam(module.net.parameters()), module.loss_and_totals)
+        before = [p.detach().clone() for p in module.net.parameters()]
+        step(x, y)  # with fullgraph=True, a program over the limit raises instead of running eagerly
+        assert all(not torch.equal(a, p) for a, p in zip(before, module.net.parameters()))
 
 
 class StepSpy(Callback):

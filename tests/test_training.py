@@ -271,19 +271,19 @@ def test_a_users_own_thread_count_is_left_alone(default_threads: int, monkeypatc
         torch.use_deterministic_algorithms(False)
 
 
-def test_fits_in_one_process_each_get_their_own_compiled_program(monkeypatch: pytest.MonkeyPatch):
+def test_fits_in_one_process_each_get_their_own_compiled_program():
     """A tuning study or a notebook runs many fits in one process: torch.compile's limit on programs per
     function (8; 1 here) must not turn the later ones into a failure or a silent eager step."""
     if compiled_step.cpp_compiler() is None:
         pytest.skip("no C++ compiler: torch.compile cannot build CPU code here")
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
-    for _ in range(3):
-        module = TinyMLP(dropout=0.0)
-        step = compiled_step.CompiledStep(module.net, KerasAdam(module.net.parameters()), module.loss_and_totals)
-        before = [p.detach().clone() for p in module.net.parameters()]
-        step(x, y)  # with fullgraph=True, a program over the limit raises instead of running eagerly
-        assert all(not torch.equal(a, p) for a, p in zip(before, module.net.parameters()))
+    with torch._dynamo.config.patch(recompile_limit=1):  # put back when the block ends
+        for _ in range(3):
+            module = TinyMLP(dropout=0.0)
+            step = compiled_step.CompiledStep(module.net, KerasAdam(module.net.parameters()), module.loss_and_totals)
+            before = [p.detach().clone() for p in module.net.parameters()]
+            step(x, y)  # with fullgraph=True, a program over the limit raises instead of running eagerly
+            assert all(not torch.equal(a, p) for a, p in zip(before, module.net.parameters()))
 
 
 class StepSpy(Callback):

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks import REPO
-from benchmarks.vs_keras import dataset_file, keras_command, keras_env
+from benchmarks.vs_keras import dataset_file, keras_command, keras_env, ours_command, ours_result
 
 CONDITIONS = ("alone", "busy", "pair")
 DEFAULT_EPOCHS = {"cnn": 1}
@@ -44,15 +44,6 @@ def cpu_name() -> str:
     get = lambda key: field.get(key, "?")  # noqa: E731
     return (f"{get('model name')}, family {get('cpu family')} model {get('model')}, "
             f"{'AVX-512' if 'avx512f' in info else 'AVX2 only'}, {os.cpu_count()} cores")
-
-
-def ours_command(name: str, out: Path, epochs: int) -> list[str]:
-    extra = ["--trainer.max_epochs", str(epochs)] if epochs else []
-    return [sys.executable, "-m", "mnist_lit", "fit", "--config", name, "--output_dir", str(out), *extra]
-
-
-def ours_seconds(out: Path) -> float:
-    return sum(json.loads((out / "metrics.json").read_text())["epoch_seconds"])
 
 
 def run_copies(commands: list[list[str]], env: dict[str, str]) -> list[str]:
@@ -76,8 +67,9 @@ def measure(side: str, name: str, condition: str, tmp: Path, keras_python: str, 
             time.sleep(1.0)  # the busy process is running before the fit starts
         if side == "mnist_lit":
             outs = [tmp / f"{name}-{condition}-{k}" for k in range(copies)]
-            run_copies([ours_command(name, o, epochs) for o in outs], dict(os.environ))
-            return max(ours_seconds(o) for o in outs)
+            flags = ["--trainer.max_epochs", str(epochs)] if epochs else []
+            run_copies([ours_command(name, o, *flags) for o in outs], dict(os.environ))
+            return max(ours_result(o)["seconds"] for o in outs)
         data = dataset_file(name, tmp)
         printed = run_copies([keras_command(keras_python, name, data, epochs=epochs)] * copies, keras_env("jax"))
         return max(json.loads(p.strip().splitlines()[-1])["seconds"] for p in printed)

@@ -13,15 +13,12 @@ first run filled, so its first-epoch seconds say what a compile costs on a new m
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import REPO
 from benchmarks.busy import cpu_name
+from benchmarks.vs_keras import ours
 
 # name: (tutorial, epochs, flags or environment with the device on, the same with it off)
 DEVICES = {
@@ -40,12 +37,8 @@ DEVICES = {
 def fit(name: str, epochs: int, setting: dict, out: Path) -> list[float]:
     """The epochs' seconds of one fit."""
     flags = ["--trainer.max_epochs", str(epochs)] if epochs else []
-    env = {**os.environ, **setting.get("env", {})}
-    done = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", name, "--output_dir", str(out),
-                           *flags, *setting.get("flags", [])], cwd=REPO, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"devices: {name} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return json.loads((out / "metrics.json").read_text())["epoch_seconds"]
+    return ours(name, out, *flags, *setting.get("flags", []),
+                env={**os.environ, **setting.get("env", {})})["epoch_seconds"]
 
 
 def main() -> None:

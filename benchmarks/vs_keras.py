@@ -170,13 +170,24 @@ def bare_run(name: str, compiled: bool, limit: int = 0, env: dict[str, str] | No
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def ours(name: str, out: Path, *flags: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", name, "--output_dir", str(out),
-                           *flags], cwd=REPO, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"vs_keras: mnist_lit's {name} failed: {done.stderr.strip().splitlines()[-1]}")
+def ours_command(name: str, out: Path, *flags: str) -> list[str]:
+    """mnist_lit's fit of a tutorial, as a user types it, writing to `out`."""
+    return [sys.executable, "-m", "mnist_lit", "fit", "--config", name, "--output_dir", str(out), *flags]
+
+
+def ours_result(out: Path) -> dict:
+    """What a fit wrote to `out`: its training seconds (the epochs', a compile included), each epoch's, and
+    its test accuracy."""
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"seconds": sum(metrics["epoch_seconds"]), "test_acc": metrics["test_acc"]}
+    return {"seconds": sum(metrics["epoch_seconds"]), "epoch_seconds": metrics["epoch_seconds"],
+            "test_acc": metrics["test_acc"]}
+
+
+def ours(name: str, out: Path, *flags: str, env: dict[str, str] | None = None) -> dict:
+    done = subprocess.run(ours_command(name, out, *flags), cwd=REPO, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"vs_keras: mnist_lit's {name} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return ours_result(out)
 
 
 def main() -> None:

@@ -63,7 +63,8 @@ class CompiledStep:
         # function it compiles; each CompiledStep compiles a copy of `_step` with its own code object, so
         # that the programs of earlier fits in this process (tuning trials, a notebook's earlier cells) are
         # dropped with their CompiledStep instead of filling that limit
-        step = types.FunctionType(CompiledStep._step.__code__.replace(), globals(), "_step")
+        f = type(self)._step
+        step = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
         self.program = torch.compile(types.MethodType(step, self), fullgraph=True, dynamic=False)
 
     @classmethod

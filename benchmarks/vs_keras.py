@@ -13,10 +13,9 @@ mnist_lit's per-epoch seconds from metrics.json (the same span: the epochs, comp
 start-up, data loading and the test). Test accuracy: Keras' `evaluate` and mnist_lit's test_acc. The Keras
 models are written from the tutorials' published recipes, in benchmarks/keras_recipes.py.
 
-With --bare, two floors beside them, each in a process of its own over the same data tensors, network,
-optimizer and batch size, with no Lightning, no metrics and no validation: a bare eager loop (forward,
-loss, backward, `optimizer.step()`) and the same steps as one compiled program each
-(`mnist_lit.compiled_step.CompiledStep`), its compile included, on torch's threads or OMP_NUM_THREADS.
+With --bare, a floor beside them, in a process of its own over the same data tensors, network, optimizer
+and batch size, with no Lightning, no metrics and no validation: a bare eager loop (forward, loss,
+backward, `optimizer.step()`), on torch's threads or OMP_NUM_THREADS.
 
 With --bf16, each tutorial runs twice more: Keras under its `mixed_bfloat16` policy and mnist_lit with
 `--trainer.precision bf16-mixed`. Run it on an otherwise idle machine: torch's and TensorFlow's thread
@@ -109,14 +108,13 @@ def keras_run(python: str, name: str, data: Path, policy: str = "float32", backe
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bare_child(name: str, compiled: str, limit: str = "0") -> None:
+def bare_child(name: str, limit: str = "0") -> None:
     """A floor, in a process of its own: the tutorial's recipe as a loop with no Lightning (module docstring),
     or its first `limit` steps; prints the seconds of the steps and of the first one (the compile)."""
     import time
 
     import torch
 
-    from mnist_lit.compiled_step import CompiledStep
     from mnist_lit.cli import resolve_config
     from mnist_lit.data import MNISTDataModule
     import yaml
@@ -133,7 +131,6 @@ def bare_child(name: str, compiled: str, limit: str = "0") -> None:
     steps = steps if steps > 0 else epochs * (len(y_all) // bs)
     steps = min(steps, int(limit)) if int(limit) > 0 else steps
     net, opt = model.net, model.configure_optimizers()
-    whole = CompiledStep.build(net, opt, model.loss_and_totals) if compiled == "1" else None
     torch.manual_seed(0)
     start = time.perf_counter()
     first = 0.0
@@ -145,13 +142,10 @@ def bare_child(name: str, compiled: str, limit: str = "0") -> None:
                 break
             idx = order[i:i + bs]
             x, y = x_all[idx].float().div_(255), y_all[idx]
-            if whole is not None:
-                loss, _ = whole(x, y)
-            else:
-                loss = torch.nn.functional.cross_entropy(net(x), y, reduction=model.hparams.loss_reduction)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            loss = torch.nn.functional.cross_entropy(net(x), y, reduction=model.hparams.loss_reduction)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
             done += 1
             if done == 1:
                 float(loss.detach())
@@ -162,9 +156,9 @@ def bare_child(name: str, compiled: str, limit: str = "0") -> None:
                       "threads": torch.get_num_threads()}))
 
 
-def bare_run(name: str, compiled: bool, limit: int = 0, env: dict[str, str] | None = None) -> dict:
-    done = subprocess.run([sys.executable, "-m", "benchmarks.vs_keras", "--bare-child", name, str(int(compiled)),
-                           str(limit)], cwd=REPO, capture_output=True, text=True, env=env)
+def bare_run(name: str, limit: int = 0, env: dict[str, str] | None = None) -> dict:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.vs_keras", "--bare-child", name, str(limit)],
+                          cwd=REPO, capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"vs_keras: the bare loop of {name} failed: {done.stderr.strip().splitlines()[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -199,12 +193,12 @@ def main() -> None:
                         help="Keras backends to run, each set through KERAS_BACKEND (default: tensorflow)")
     parser.add_argument("--keras-python", default=sys.executable,
                         help="the Python that runs Keras (default: this one), e.g. another venv's with tensorflow-cpu")
-    parser.add_argument("--bare", action="store_true", help="also the bare eager and compiled PyTorch loops")
+    parser.add_argument("--bare", action="store_true", help="also a bare eager PyTorch loop")
     parser.add_argument("--bf16", action="store_true",
                         help="also Keras' mixed_bfloat16 policy and mnist_lit's --trainer.precision bf16-mixed; "
                              "every ratio is to Keras' float32 time of the same round (first backend only)")
     parser.add_argument("--keras-child", nargs="+", metavar="NAME DATA POLICY [EPOCHS]", help=argparse.SUPPRESS)
-    parser.add_argument("--bare-child", nargs=3, metavar=("NAME", "COMPILED", "LIMIT"), help=argparse.SUPPRESS)
+    parser.add_argument("--bare-child", nargs=2, metavar=("NAME", "LIMIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.keras_child:
         return keras_child(*args.keras_child)
@@ -217,7 +211,7 @@ def main() -> None:
             raise SystemExit(f"vs_keras: no Keras on {backend} for {args.keras_python}: pip install -e "
                              "'.[keras-bench]' (or give --keras-python)")
     keras_cols = "".join(f" {'Keras/' + b[:5] + ' s':>13}" for b in args.backend)
-    floor_cols = f" {'bare s':>7} {'compiled s':>10}" if args.bare else ""
+    floor_cols = f" {'bare s':>7}" if args.bare else ""
     print(f"{'round':<6} {'tutorial':<19}{keras_cols} {'ours s':>8}{floor_cols} {'ours/fastest':>12}"
           f" {'Keras acc':>{10 * len(args.backend)}} {'our acc':>8}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -226,8 +220,7 @@ def main() -> None:
                 data = dataset_file(name, Path(tmp))
                 ks = [keras_run(args.keras_python, name, data, backend=b) for b in args.backend]
                 o = ours(name, Path(tmp) / f"{name}_{round_}")
-                floors = (f" {bare_run(name, False)['seconds']:>7.2f} {bare_run(name, True)['seconds']:>10.2f}"
-                          if args.bare else "")
+                floors = f" {bare_run(name)['seconds']:>7.2f}" if args.bare else ""
                 fastest = min(k["seconds"] for k in ks)
                 print(f"{round_:<6} {name:<19}" + "".join(f" {k['seconds']:>13.2f}" for k in ks)
                       + f" {o['seconds']:>8.2f}{floors} {o['seconds'] / fastest:>12.2f} "

@@ -20,9 +20,15 @@ from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm import tqdm
 
-from mnist_lit.data import steps_per_epoch
 
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def steps_per_epoch(trainer: L.Trainer) -> int | float:
+    """Optimizer steps in an epoch, as Keras counts them: with accumulate_grad_batches k, one per k batches
+    (and one for a remainder at the epoch's end, as Lightning steps then)."""
+    batches = trainer.num_training_batches
+    return math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else batches
 
 
 def epoch_metrics(trainer: L.Trainer) -> dict[str, float]:

@@ -24,8 +24,8 @@ os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lit import atomic, model_files, outputs, report
@@ -40,7 +40,8 @@ CONFIG_FLAGS = ("--config", "-c")
 HABIT_FLAGS = {"--epochs": "--trainer.max_epochs", "--max_epochs": "--trainer.max_epochs",
                "--max-epochs": "--trainer.max_epochs", "--batch_size": "--data.batch_size",
                "--batch-size": "--data.batch_size", "--lr": "--model.init_args.lr",
-               "--learning_rate": "--model.init_args.lr", "--learning-rate": "--model.init_args.lr"}
+               "--learning_rate": "--model.init_args.lr", "--learning-rate": "--model.init_args.lr",
+               "--optimizer": "--model.init_args.optimizer"}  # the tutorials' Keras optimizers, by name
 
 
 class MnistCLI(LightningCLI):
@@ -63,7 +64,14 @@ class MnistCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--output_dir", type=Optional[str], default=None,
                             help="Where checkpoints, config.yaml and metrics.json go (default: checkpoints/<tutorial>).")
+        parser.add_argument("--weights", type=Optional[str], default=None,
+                            help="Start from these weights instead of a fresh initialisation: a Keras .keras or .h5 file of "
+                            "this tutorial, or an mnist_lit .ckpt or TorchScript .pt (from Python: "
+                            "mnist_lit.model_files.load_weights(model, path)).")
         parser.link_arguments("data.dataset", "model.init_args.dataset")
+        # LightningCLI's --lr_scheduler, given to the model's own configure_optimizers, which keeps the Keras
+        # optimizer (stock LightningCLI applies it only with --optimizer, which would replace it)
+        parser.add_lr_scheduler_args(LRSchedulerTypeTuple, link_to="model.init_args.lr_scheduler")
 
     # ------------------------------------------------------------ the parsed config
 
@@ -104,7 +112,7 @@ class MnistCLI(LightningCLI):
             if not recorded_by_the_cli(checkpoint):  # Lightning's own reading of it would end in a parser dump
                 raise UserError(f"{given}: saved outside the Lightning CLI, so it records no model class; it holds "
                                 f"a {checkpoint['mnist_lit']['tutorial']} model: load it with mnist_lit.models.TUTORIALS"
-                                f"[name].load_from_checkpoint, or train from its weights with --model.init_args.weights {given}")
+                                f"[name].load_from_checkpoint, or train from its weights with --weights {given}")
         else:
             return
         model = settings.get("model")
@@ -113,6 +121,18 @@ class MnistCLI(LightningCLI):
         note = model_files.check_start(path, checkpoint, tutorial, asked, fitting, settings.get("trainer").get("max_epochs"))
         if note and os.environ.get("LOCAL_RANK", "0") == "0":
             print(note, flush=True)
+
+    def before_instantiate_classes(self) -> None:
+        # a TensorBoardLogger given without its folder (see tensorboard_folder) writes into the run's
+        logger = self._settings().get("trainer", {}).get("logger")
+        for spec in logger if isinstance(logger, list) else [logger]:
+            if not getattr(spec, "class_path", "").endswith("TensorBoardLogger"):
+                continue
+            if not tensorboard_installed():  # Lightning's own message is a page of jsonargparse's union errors
+                raise UserError("--trainer.logger TensorBoardLogger: the tensorboard package is not installed; "
+                                ".venv/bin/pip install tensorboard (make train installs it)")
+            if spec.init_args.save_dir == "":
+                spec.init_args.save_dir, spec.init_args.name = str(self.output_dir), "tensorboard"
 
     def instantiate_classes(self) -> None:
         # jsonargparse reports an error raised in a model's or data module's __init__ as a ValueError about
@@ -129,9 +149,10 @@ class MnistCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer, with mnist_lit's defaults for whatever the config leaves unset (None)."""
-        # the model exists by now: its --model.init_args.weights are read first, so that a bad file is the
-        # run's one line, before the Trainer has printed anything
-        model_files.start_from_weights(self.model)
+        # the model exists by now: --weights are read first, so that a bad file is the run's one line, before
+        # the Trainer has printed anything
+        if self._settings().get("weights"):
+            model_files.load_weights(self.model, self._settings()["weights"])
         settings = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         out = self.output_dir
         given = settings.get("callbacks") or []
@@ -143,9 +164,10 @@ class MnistCLI(LightningCLI):
             defaults["enable_model_summary"] = False  # before_fit prints the Keras-style summary instead
         if settings.get("default_root_dir") is None:
             defaults["default_root_dir"] = str(out)
-        if settings.get("logger") in (None, True):
-            defaults["logger"] = [CSVLogger(out, name="logs")]
-            if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        logger = settings.get("logger")
+        if logger in (None, True):  # metrics.csv, and TensorBoard's event files where it is installed
+            defaults["logger"] = [outputs.EpochCSVLogger(out, name="logs")]
+            if tensorboard_installed():
                 defaults["logger"].append(TensorBoardLogger(out, name="tensorboard"))
         callbacks = list(given)
         if settings.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
@@ -161,15 +183,6 @@ class MnistCLI(LightningCLI):
         return super().instantiate_trainer(**{**defaults, "callbacks": callbacks, **kwargs})
 
     def before_fit(self) -> None:
-        # the tutorials take their optimizer steps in training_step (Lightning's manual optimization), where
-        # these two Trainer flags do not apply: Lightning would stop with a traceback
-        if self.trainer.gradient_clip_val:
-            raise UserError("--trainer.gradient_clip_val: the tutorials clip in their own training step; use "
-                            f"--model.init_args.global_clipnorm {self.trainer.gradient_clip_val} (Keras' global_clipnorm)")
-        if self.trainer.accumulate_grad_batches != 1:
-            k = self.trainer.accumulate_grad_batches
-            raise UserError(f"--trainer.accumulate_grad_batches: the tutorials take one update per batch; for the "
-                            f"same gradient, use --data.batch_size {k * self.datamodule.hparams.batch_size} ({k} x the batch)")
         if not self.trainer.is_global_zero:
             return
         self.datamodule.source  # a data folder with a file missing: one line, before anything is written
@@ -199,6 +212,10 @@ class MnistCLI(LightningCLI):
 
     def after_test(self) -> None:
         outputs.print_evaluation(self.trainer, "test", self.trainer.callback_metrics)
+
+
+def tensorboard_installed() -> bool:
+    return bool(importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"))
 
 
 def recorded_by_the_cli(checkpoint: dict[str, Any]) -> bool:
@@ -245,6 +262,20 @@ def model_of_checkpoint(argv: list[str]) -> list[str]:
         return argv
     tutorial = model_files.read_checkpoint(path)["mnist_lit"].get("tutorial")
     return [*argv, "--model", TUTORIALS[tutorial].__name__] if tutorial in TUTORIALS else argv
+
+
+def tensorboard_folder(argv: list[str]) -> list[str]:
+    """`argv` with an empty `--trainer.logger.save_dir` after a TensorBoardLogger that names no folder of its
+    own (Lightning requires one), so that its event files go into the run's output folder (the CLI fills it in)."""
+    words = " ".join(argv)
+    if "TensorBoardLogger" not in words or "--trainer.logger.save_dir" in words:
+        return argv
+    out = list(argv)
+    for i, arg in enumerate(argv):
+        given = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+        if arg.partition("=")[0] in ("--trainer.logger", "--trainer.logger+") and given.endswith("TensorBoardLogger"):
+            out.insert(out.index(arg) + (1 if "=" in arg else 2), "--trainer.logger.save_dir=")
+    return out
 
 
 def resolve_config_args(argv: list[str]) -> list[str]:
@@ -322,10 +353,10 @@ def main(argv: list[str] | None = None) -> None:
     quiet_lightning()
     try:
         if argv is None:
-            sys.argv[1:] = model_of_checkpoint(resolve_config_args(sys.argv[1:]))
+            sys.argv[1:] = tensorboard_folder(model_of_checkpoint(resolve_config_args(sys.argv[1:])))
             MnistCLI()
         else:
-            MnistCLI(args=model_of_checkpoint(resolve_config_args(argv)))
+            MnistCLI(args=tensorboard_folder(model_of_checkpoint(resolve_config_args(argv))))
     except SIGTERMException:  # a SystemExit without a code: Lightning would exit 0 and a scheduler see success
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:

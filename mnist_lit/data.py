@@ -387,66 +387,6 @@ def locate(dataset: str, data_dir: str | Path, allow_download: bool = True,
 
 # ---------------------------------------------------------------- batches
 
-# with steps_per_execution 0, a group holds about this many samples
-GROUP_SAMPLES = 1024
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def is_group(batch) -> bool:
-    """A group of (images, labels) batches, not one collated [images, labels]."""
-    return isinstance(batch, list) and bool(batch) and isinstance(batch[0], (tuple, list))
-
-
-def single_batches(batch) -> list[Batch]:
-    """The (images, labels) batches inside one Lightning training batch: a group, or one batch."""
-    return batch if is_group(batch) else [batch]
-
-
-class StepGroups:
-    """Batches handed over k at a time, as lists (the last one may be shorter): Keras' `steps_per_execution`.
-
-    Lightning's per-batch loop then runs once per k optimizer steps. `steps_per_epoch` is the number of
-    batches, `steps_per_execution` is k.
-    """
-
-    def __init__(self, batches, steps_per_execution: int) -> None:
-        self.batches, self.steps_per_execution = batches, steps_per_execution
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.batches)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.batches) / self.steps_per_execution)
-
-    def __iter__(self) -> Iterator[list[Batch]]:
-        group: list[Batch] = []
-        for batch in self.batches:
-            group.append(batch)
-            if len(group) == self.steps_per_execution:
-                yield group
-                group = []
-        if group:
-            yield group
-
-
-def counts_batches(trainer: L.Trainer) -> bool:
-    """Whether a Trainer flag counts training batches (limit_train_batches, val_check_interval,
-    fast_dev_run): then batches stay single, so the count means what the user meant."""
-    def everything(value) -> bool:  # Lightning reads 1.0 as "all" and the int 1 as "one batch"
-        return isinstance(value, float) and value == 1.0
-    return not (everything(trainer.limit_train_batches) and everything(trainer.val_check_interval))
-
-
-def steps_per_epoch(trainer: L.Trainer) -> int | float:
-    """Optimizer steps in an epoch, as Keras counts them: Lightning's batch count times the steps per batch."""
-    loader = trainer.train_dataloader
-    per_batch = getattr(loader, "steps_per_execution", 1)
-    steps = trainer.num_training_batches * per_batch
-    return min(steps, getattr(loader, "steps_per_epoch", steps))
-
-
 class TensorBatches:
     """Batches sliced from tensors already on the training device.
 
@@ -499,10 +439,6 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: size of the hold-out when `val` is "holdout".
         loader: "memory" (whole split on the training device, fastest) or "torchvision" (DataLoader).
         num_workers: DataLoader workers for the torchvision loader.
-        steps_per_execution: optimizer steps per Lightning batch with the memory loader, like Keras'
-            `steps_per_execution` (same updates, fewer trips through Lightning's loop); 0 picks about
-            1024 samples per Lightning batch. Off when limit_train_batches / val_check_interval /
-            fast_dev_run count batches.
         eval_batch_size: batch size for validation, test and predict.
         download: try torchvision's download when no local copy is found.
         seed: seeds the hold-out split and the per-epoch shuffle.
@@ -511,7 +447,7 @@ class MNISTDataModule(L.LightningDataModule):
     def __init__(self, dataset: DatasetName = "mnist", data_dir: str = "data", batch_size: PositiveInt = 128,
                  val: Literal["none", "holdout", "test"] = "none", val_size: PositiveInt = 5000,
                  loader: Literal["memory", "torchvision"] = "memory", num_workers: NonNegativeInt = 0,
-                 steps_per_execution: NonNegativeInt = 0, eval_batch_size: PositiveInt = 1000,
+                 eval_batch_size: PositiveInt = 1000,
                  download: bool = True, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -591,16 +527,7 @@ class MNISTDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         epoch = (lambda: trainer.current_epoch) if trainer else (lambda: 0)
         images, labels = self._splits[split]
-        batches = TensorBatches(images, labels, bs, shuffle=train, seed=hp.seed, epoch=epoch, rank=rank, world=world)
-        k = self._steps_per_execution(trainer, bs) if train else 1
-        return StepGroups(batches, k) if k > 1 else batches
-
-    def _steps_per_execution(self, trainer: L.Trainer | None, batch_size: int) -> int:
-        """The user's steps_per_execution (0: about GROUP_SAMPLES samples a group); 1 outside a fit or when
-        a Trainer flag counts batches."""
-        if trainer is None or counts_batches(trainer):
-            return 1
-        return self.hparams.steps_per_execution or max(1, GROUP_SAMPLES // batch_size)
+        return TensorBatches(images, labels, bs, shuffle=train, seed=hp.seed, epoch=epoch, rank=rank, world=world)
 
     def train_dataloader(self):
         return self._loader("train", train=True)
@@ -615,7 +542,5 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader("test", train=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if is_group(batch):
-            return [self.on_after_batch_transfer(b, dataloader_idx) for b in batch]
         images, labels = batch
         return images.float().div_(255), labels  # Keras tutorials: x / 255, no mean/std

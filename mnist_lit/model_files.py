@@ -100,7 +100,7 @@ def _looks_like(path: Path, error: Exception) -> str:
     if names:
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
             return (f"a TorchScript model (what export writes), not a checkpoint; classify, serve and "
-                    f"--model.init_args.weights take it; here {PASS_A_CHECKPOINT}")
+                    f"--weights take it; here {PASS_A_CHECKPOINT}")
         if any("serialized_exported_program" in n or n.endswith("/archive_format") for n in names):
             return f"a torch.export program (.pt2), not a checkpoint; classify and serve take it; here {PASS_A_CHECKPOINT}"
         if "config.json" in names and "model.weights.h5" in names:
@@ -246,7 +246,7 @@ def check_start(path: Path | str, checkpoint: dict[str, Any], tutorial: str | No
     held = checkpoint["mnist_lit"].get("tutorial")
     if fitting and "optimizer_states" not in checkpoint:  # model.ckpt: the tested weights alone
         raise UserError(f"{path}: holds the tested weights only, no training state to resume; resume from "
-                        f"last.ckpt, or start a new fit from these weights with --model.init_args.weights {path}")
+                        f"last.ckpt, or start a new fit from these weights with --weights {path}")
     if tutorial and held != tutorial:
         raise UserError(f"{path}: holds the {held} tutorial, but the config is {tutorial}'s; use --config {held}, "
                         "or another checkpoint")
@@ -309,13 +309,6 @@ def load_weights(model: Tutorial, path: str | Path) -> None:
     if tutorial != model.name:
         raise UserError(f"{path}: holds the {tutorial} tutorial's network, not {model.name}'s")
     _put_weights(Path(path), model.net, weights, model.name)
-
-
-def start_from_weights(model: Tutorial) -> None:
-    """Apply the weights file a model was configured with (`weights=`, `--model.init_args.weights`)."""
-    if model.weights_file is not None:
-        load_weights(model, model.weights_file)
-        model.weights_file = None
 
 
 # ---------------------------------------------------------------- exported models

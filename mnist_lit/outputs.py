@@ -19,6 +19,8 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from mnist_lit import atomic, export, report
 from mnist_lit.callbacks import RunRecorder
@@ -39,6 +41,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # the epoch before last.ckpt stays in previous.ckpt, for when last.ckpt is damaged after the fact
         keep = path.with_name(PREVIOUS) if path.name == "last.ckpt" else None
         atomic.write_bytes_from(path, lambda f: torch.save(checkpoint, f), keep_previous=keep)
+
+
+class EpochCSVLogger(CSVLogger):
+    """Lightning's CSVLogger with one row per epoch, training and validation metrics together, as Keras'
+    CSVLogger writes them.
+
+    Lightning hands an epoch's validation metrics (when its validation ends) and its training metrics (when
+    the epoch ends) to the loggers in two calls with the same step and epoch, and CSVLogger writes a row per
+    call. Here a row of validation metrics alone is held until the next call, and joins that call's row when
+    it is the same epoch's; `finalize` writes one still held (`validate`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.held: tuple[dict[str, float], int | None] | None = None
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        held, self.held = self.held, None
+        if held is not None and (held[1], held[0].get("epoch")) == (step, metrics.get("epoch")):
+            metrics = {**held[0], **metrics}
+        elif held is not None:
+            super().log_metrics(*held)
+        if all(k.startswith("val_") or k == "epoch" for k in metrics):
+            self.held = (metrics, step)
+        else:
+            super().log_metrics(metrics, step)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self.held is not None:
+            super().log_metrics(*self.held)
+            self.held = None
+        super().finalize(status)
 
 
 class ConfigSaver(SaveConfigCallback):

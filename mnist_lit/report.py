@@ -94,10 +94,14 @@ def _pyplot():
 
 def logged_history(log_dir: str | Path) -> list[dict[str, float]]:
     """A CSVLogger's metrics.csv as Keras' `history`: one dict per epoch (epochs counted from 1, as Keras
-    prints them), the test row left out. The tutorials write one row per epoch (models/base.py)."""
+    prints them), the test row left out. Lightning's own CSVLogger writes an epoch's validation and training
+    metrics as two rows (the CLI's EpochCSVLogger, one): rows of the same epoch are joined."""
+    epochs: dict[int, dict[str, float]] = {}
     with open(Path(log_dir) / "metrics.csv", newline="") as f:
-        return [{**{k: float(v) for k, v in row.items() if v}, "epoch": int(row["epoch"]) + 1}
-                for row in csv.DictReader(f) if row.get("train_loss")]
+        for row in csv.DictReader(f):
+            if not row.get("test_acc"):
+                epochs.setdefault(int(row["epoch"]) + 1, {}).update({k: float(v) for k, v in row.items() if v})
+    return [{**metrics, "epoch": epoch} for epoch, metrics in sorted(epochs.items())]
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, test: dict[str, float] | None = None):

@@ -21,7 +21,7 @@ def test_a_terminal_gets_a_live_bar_and_then_the_epoch_line(data_root: Path, tmp
                                                           monkeypatch: pytest.MonkeyPatch):
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stdout", terminal)
-    assert fit("tiny_mlp", data_root, tmp_path, "--trainer.max_epochs", "2", "--data.steps_per_execution", "1") == 0
+    assert fit("tiny_mlp", data_root, tmp_path, "--trainer.max_epochs", "2") == 0
     frames = [frame for frame in terminal.getvalue().split("\r") if "ms/step" in frame]
     for epoch in (1, 2):  # each epoch's bar starts drawn, with Keras' fields: steps, elapsed, ETA, ms per step
         assert f"Epoch {epoch}/2 - 0/20 [....." in "".join(frames)

@@ -251,7 +251,7 @@ def test_fit_from_another_tutorials_weights_is_one_line_and_writes_nothing(data_
         load_weights(CNN(), KERAS / "tiny_mlp.keras")
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "mnist_lit", "fit", "--config", "cnn", "--data.data_dir", str(data_root),
-                           "--output_dir", str(out), "--model.init_args.weights", str(KERAS / "dense512.keras")],
+                           "--output_dir", str(out), "--weights", str(KERAS / "dense512.keras")],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1
     assert [line for line in done.stderr.splitlines() if line and not line.startswith("Seed set")] == [

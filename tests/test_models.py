@@ -137,8 +137,8 @@ def test_summed_loss_is_batch_size_times_mean():
     model = SoftmaxRegression()
     nn.init.normal_(model.net[1].weight)
     x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
-    loss, totals = model.loss_and_totals(model(x), y)
-    assert float(totals[0]) == pytest.approx(float(loss.detach())) and float(totals[2]) == 64
+    loss, _ = model.step("train", (x, y))
+    assert float(model.metrics["train_loss"].compute()) == pytest.approx(float(loss) / 64)  # logged per sample
     assert torch.allclose(loss, F.cross_entropy(model(x), y, reduction="sum"))
     assert torch.allclose(loss, 64 * F.cross_entropy(model(x), y))
 

@@ -128,7 +128,7 @@ class PoisonAfterStep12(Callback):
 
 def test_nan_loss_stops_at_its_step_and_keeps_the_last_finished_epoch(data_root: Path, tmp_path: Path, capsys):
     # dense512 on 640 samples, one step a batch: 5 steps an epoch
-    assert fit("dense512", data_root, tmp_path, "--trainer.max_epochs", "5", "--data.steps_per_execution", "1",
+    assert fit("dense512", data_root, tmp_path, "--trainer.max_epochs", "5",
                "--trainer.callbacks+=tests.test_reliability.PoisonAfterStep12") == 1
     err = capsys.readouterr().err
     assert err == ("mnist_lit: error: training loss became nan at step 13 (epoch 3); stopped, and last.ckpt still "

@@ -122,6 +122,6 @@ def test_fit_from_the_tested_weights_alone_is_one_line_naming_what_to_do(data_ro
                "--ckpt_path", str(tmp_path / "model.ckpt")) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds the tested weights only, no training state to resume" in err
-    assert f"--model.init_args.weights {tmp_path / 'model.ckpt'}" in err and not (tmp_path / "again").exists()
+    assert f"--weights {tmp_path / 'model.ckpt'}" in err and not (tmp_path / "again").exists()
     assert fit("dense512", data_root, tmp_path / "again", "--trainer.max_epochs", "1",
-               "--model.init_args.weights", str(tmp_path / "model.ckpt")) == 0
+               "--weights", str(tmp_path / "model.ckpt")) == 0

@@ -139,8 +139,9 @@ print(report.keras_summary(model.net, model.name))
 #
 # Keras: `model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])`.
 #
-# The LightningModule holds what `compile` configures: `training_step` computes the loss and updates the
-# weights, and `configure_optimizers` builds the optimizer, here `KerasRMSprop` (`mnist_lit/optim.py`),
+# The LightningModule holds what `compile` configures: `step` computes the loss and the metrics
+# (torchmetrics), `training_step` returns the loss and Lightning runs the backward pass, the optimizer's
+# update and `zero_grad` around it, and `configure_optimizers` builds the optimizer, here `KerasRMSprop` (`mnist_lit/optim.py`),
 # which adds eps inside the square root as Keras does, `w -= lr * g / sqrt(v + eps)`;
 # `torch.optim.RMSprop` adds it outside, `sqrt(v) + eps`, and its weights drift away from Keras' within
 # a few steps. The five tutorials share these methods ([dense512](dense512.md) walks through them):
@@ -150,13 +151,13 @@ print(report.keras_summary(model.net, model.name))
 #
 # Keras：`model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])`。
 #
-# `compile` 配置的东西都在 LightningModule 里：`training_step` 计算损失并更新权重，`configure_optimizers`
-# 创建优化器。这里是 `KerasRMSprop`（`mnist_lit/optim.py`），它和 Keras 一样把 eps 加在平方根里面，
+# `compile` 配置的东西都在 LightningModule 里：`step` 计算损失和指标（torchmetrics），`training_step` 返回损失，
+# 反向传播、优化器更新和 `zero_grad` 由 Lightning 在它前后执行；`configure_optimizers` 创建优化器。这里是 `KerasRMSprop`（`mnist_lit/optim.py`），它和 Keras 一样把 eps 加在平方根里面，
 # `w -= lr * g / sqrt(v + eps)`；`torch.optim.RMSprop` 加在外面，`sqrt(v) + eps`，几步之后权重就和 Keras
 # 的不一样了。五个教程共用这些方法（[dense512](dense512.md) 一页有逐条说明）：
 
 # %%
-show_source(Tutorial.training_step, Tutorial.configure_optimizers)
+show_source(Tutorial.step, Tutorial.training_step, Tutorial.configure_optimizers)
 print(model.configure_optimizers())
 
 # %% [markdown] lang="en"

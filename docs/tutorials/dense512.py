@@ -150,8 +150,9 @@ print(report.keras_summary(model.net, model.name))
 # Keras: `model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])`.
 #
 # Lightning has no `compile`: the optimizer, the loss and the metrics are methods of the LightningModule.
-# `training_step` is one step of Keras' `fit` written out: the forward pass, cross-entropy on the logits,
-# the backward pass (`self.manual_backward`), and the optimizer's update. `validation_step` and
+# `step` is one step of Keras' `fit` written out: the forward pass, cross-entropy on the logits, and the
+# metrics (torchmetrics). `training_step` returns the loss; Lightning then runs the backward pass, the
+# optimizer's update and `zero_grad` (its automatic optimization). `validation_step` and
 # `test_step` measure the same loss and accuracy without updating, and each metric is logged once per
 # epoch. `configure_optimizers` builds the optimizer that `compile` named. For `"rmsprop"` that is
 # `KerasRMSprop` (`mnist_lit/optim.py`), not `torch.optim.RMSprop`: Keras adds eps inside the square
@@ -163,16 +164,16 @@ print(report.keras_summary(model.net, model.name))
 #
 # Keras：`model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])`。
 #
-# Lightning 没有 `compile`：优化器、损失和指标都写成 LightningModule 的方法。`training_step` 就是 Keras
-# `fit` 里的一步，只是明明白白地写出来：前向传播，对 logits 算交叉熵，反向传播（`self.manual_backward`），
-# 再让优化器更新权重。`validation_step` 和 `test_step` 计算同样的损失和准确率，但不更新权重；每个指标每轮
+# Lightning 没有 `compile`：优化器、损失和指标都写成 LightningModule 的方法。`step` 就是 Keras `fit` 里的
+# 一步，只是明明白白地写出来：前向传播，对 logits 算交叉熵，再更新指标（torchmetrics）。`training_step` 返回
+# 损失，反向传播、优化器更新和 `zero_grad` 由 Lightning 完成（自动优化）。`validation_step` 和 `test_step` 计算同样的损失和准确率，但不更新权重；每个指标每轮
 # 只记录一次。`configure_optimizers` 创建 `compile` 里指定的那个优化器。`"rmsprop"` 对应的是
 # `KerasRMSprop`（`mnist_lit/optim.py`），而不是 `torch.optim.RMSprop`：Keras 把 eps 加在平方根里面，
 # `w -= lr * g / sqrt(v + eps)`，torch 加在外面，`sqrt(v) + eps`，用两者训练，几步之后权重就不一样了。五个教程
 # 共用这些方法（`Tutorial` 类）：
 
 # %%
-show_source(Tutorial.training_step, Tutorial.validation_step, Tutorial.configure_optimizers)
+show_source(Tutorial.step, Tutorial.training_step, Tutorial.validation_step, Tutorial.configure_optimizers)
 print(model.configure_optimizers())
 
 # %% [markdown] lang="en"

@@ -160,8 +160,9 @@ print(report.keras_summary(model.net, model.name))
 # Keras: `model.compile(optimizer="adam", loss=SparseCategoricalCrossentropy(from_logits=True),
 # metrics=["accuracy"])`.
 #
-# The LightningModule holds what `compile` configures: `training_step` computes the loss and updates the
-# weights, and `configure_optimizers` builds `KerasAdam` (`mnist_lit/optim.py`). Keras and torch put
+# The LightningModule holds what `compile` configures: `step` computes the loss and the metrics
+# (torchmetrics), `training_step` returns the loss and Lightning runs the backward pass, the optimizer's
+# update and `zero_grad` around it, and `configure_optimizers` builds `KerasAdam` (`mnist_lit/optim.py`). Keras and torch put
 # Adam's eps (1e-7 here) in different places relative to the bias correction; `KerasAdam` is torch's
 # Adam with its eps rescaled before every step, so that it computes Keras' update. The five tutorials
 # share these methods ([dense512](dense512.md) walks through them):
@@ -178,7 +179,7 @@ print(report.keras_summary(model.net, model.name))
 # 教程共用这些方法（[dense512](dense512.md) 一页有逐条说明）：
 
 # %%
-show_source(Tutorial.training_step, Tutorial.configure_optimizers)
+show_source(Tutorial.step, Tutorial.training_step, Tutorial.configure_optimizers)
 print(model.configure_optimizers())
 
 # %% [markdown] lang="en"

@@ -138,11 +138,11 @@ print(report.keras_summary(model.net, model.name))
 # TF1: `cross_entropy = -tf.reduce_sum(y_ * tf.log(y))` and
 # `tf.train.GradientDescentOptimizer(0.001).minimize(cross_entropy)`.
 #
-# `training_step` computes cross-entropy on the logits, summed over the batch (`loss_reduction="sum"`):
+# `step` computes cross-entropy on the logits, summed over the batch (`loss_reduction="sum"`):
 # the same value as TF1's, but computed as a log-softmax in one step, so it never takes the log of a
 # probability rounded to zero (TF1's formula turns that into NaN). Summing rather than averaging makes
 # each step 64 times larger than a mean would at the same learning rate. Plain SGD computes the same
-# update in TF1 and torch, so `configure_optimizers` returns `torch.optim.SGD`. The five tutorials share
+# update in TF1 and torch; `configure_optimizers` returns `KerasSGD`, that same update. The five tutorials share
 # these methods ([dense512](dense512.md) walks through them):
 
 # %% [markdown] lang="zh"
@@ -151,14 +151,14 @@ print(report.keras_summary(model.net, model.name))
 # TF1：`cross_entropy = -tf.reduce_sum(y_ * tf.log(y))` 和
 # `tf.train.GradientDescentOptimizer(0.001).minimize(cross_entropy)`。
 #
-# `training_step` 对 logits 计算交叉熵，并在批量内求和（`loss_reduction="sum"`）：数值与 TF1 的相同，但用
+# `step` 对 logits 计算交叉熵，并在批量内求和（`loss_reduction="sum"`）：数值与 TF1 的相同，但用
 # log-softmax 一步算出，所以不会对一个舍入成零的概率取对数（TF1 的写法遇到这种情况会得到 NaN）。求和而不是
 # 求平均，使得在同样的学习率下，每一步的更新是取平均时的 64 倍。普通 SGD 在 TF1 和 torch 中的更新公式完全
-# 相同，所以 `configure_optimizers` 直接返回 `torch.optim.SGD`。五个教程共用这些方法（[dense512](dense512.md)
+# 相同；`configure_optimizers` 返回的 `KerasSGD` 就是这个更新。五个教程共用这些方法（[dense512](dense512.md)
 # 一页有逐条说明）：
 
 # %%
-show_source(Tutorial.training_step, Tutorial.configure_optimizers)
+show_source(Tutorial.step, Tutorial.training_step, Tutorial.configure_optimizers)
 print(f"loss_reduction={model.hparams.loss_reduction!r}")
 print(model.configure_optimizers())
 

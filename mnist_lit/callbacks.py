@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import shutil
 import signal
 import sys
@@ -226,6 +227,21 @@ def _no_zero_flops(record: logging.LogRecord) -> bool:
     return True
 
 
+# Lines Lightning prints in every run that ask nothing of the user (the rest, its warnings about the user's
+# own settings and "GPU available: True, used: False" among them, are let through):
+NO_ACTION = (
+    "litlogger",  # the Tip advertises a service
+    "Detected KeyboardInterrupt",  # InterruptNotice's line says what was kept and how to continue
+    "`Trainer.fit` stopped: `max_epochs=", "`Trainer.fit` stopped: `max_steps=",  # the epoch lines showed it
+    "Seed set to",  # the seed is in config.yaml (seed_everything) and the same every run unless changed
+)
+NO_DEVICE = re.compile(r"^(GPU|TPU|HPU|IPU) available: False")  # a device that is not there
+
+
+def needs_no_action(message: str) -> bool:
+    return any(s in message for s in NO_ACTION) or bool(NO_DEVICE.match(message))
+
+
 def quiet_lightning() -> None:
     """Silence what Lightning prints in every run that a user cannot act on (QUIET_WARNINGS, the litlogger
     tip, a FLOPs total of 0); warnings about the user's own settings stay."""
@@ -235,11 +251,9 @@ def quiet_lightning() -> None:
     if _no_zero_flops not in summary.filters:
         summary.addFilter(_no_zero_flops)
     no_ads = logging.Filter()
-    # the Tip advertises a service; the KeyboardInterrupt line is replaced by InterruptNotice's
-    # and "`Trainer.fit` stopped: `max_epochs=10` reached." repeats what the epoch lines showed
-    no_ads.filter = lambda record: not any(s in record.getMessage() for s in (
-        "litlogger", "Detected KeyboardInterrupt", "`Trainer.fit` stopped: `max_epochs=", "`Trainer.fit` stopped: `max_steps="))
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    no_ads.filter = lambda record: not needs_no_action(record.getMessage())
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.fabric.utilities.seed"):
         logging.getLogger(name).addFilter(no_ads)
     # "[rank: 0] Received SIGTERM: 15": InterruptNotice says what happened and how to continue instead
     sigterm = logging.Filter()

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from mnist_lit import atomic, model_files, outputs, report
 from mnist_lit.callbacks import EpochLine, InterruptNotice, RunRecorder, quiet_lightning
@@ -180,7 +180,10 @@ class MnistCLI(LightningCLI):
         if self.subcommand == "predict":
             callbacks.append(outputs.PredictionWriter(out / "predictions.csv"))
         self.save_config_kwargs["output_dir"] = str(out)
-        return super().instantiate_trainer(**{**defaults, "callbacks": callbacks, **kwargs})
+        try:
+            return super().instantiate_trainer(**{**defaults, "callbacks": callbacks, **kwargs})
+        except (MisconfigurationException, ValueError) as e:  # a Trainer argument Lightning refuses: its traceback
+            raise UserError(trainer_problem(e)) from None
 
     def before_fit(self) -> None:
         if not self.trainer.is_global_zero:
@@ -212,6 +215,14 @@ class MnistCLI(LightningCLI):
 
     def after_test(self) -> None:
         outputs.print_evaluation(self.trainer, "test", self.trainer.callback_metrics)
+
+
+def trainer_problem(error: Exception) -> str:
+    """Lightning's refusal of a Trainer argument as one line that starts with the flag it names."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    found = (re.search(rf"\b{n}\b", text) for n in inspect.signature(L.Trainer.__init__).parameters)
+    named = sorted((m.start(), m[0]) for m in found if m)  # the first the message names
+    return f"--trainer.{named[0][1]}: {text}" if named else f"--trainer: {text}"
 
 
 def tensorboard_installed() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,11 @@ TUTORIALS = ["cnn", "dense512", "fashion_mlp", "softmax_regression", "tiny_mlp"]
 def test_every_config_runs(name: str, data_root: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
     assert fit(f"{name}.yaml", data_root, out, "--trainer.fast_dev_run", "true") == 0
-    assert "Test: loss: " in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "Test: loss: " in printed.out
+    # none of Lightning's lines that ask nothing of the user (callbacks.NO_ACTION, NO_DEVICE)
+    for line in (printed.out + printed.err).splitlines():
+        assert not re.search(r"Seed set to|available: False|litlogger|Trainer.fit` stopped", line), line
     assert not (out / "metrics.json").exists(), "a smoke run must not write results"
 
 
@@ -207,3 +212,15 @@ def test_help_and_version_answer_before_the_heavy_imports():
     version = subprocess.run([sys.executable, "-m", "mnist_lit", "--version"], capture_output=True, text=True).stdout
     from mnist_lit import __version__
     assert version.strip() == f"mnist_lit {__version__}"
+
+
+@pytest.mark.parametrize("flag, value, named", [("--trainer.max_epochs", "-5", "must be a non-negative integer"),
+                                                ("--trainer.devices", "0", "not a valid input"),
+                                                ("--trainer.limit_train_batches", "-1", "invalid value -1"),
+                                                ("--trainer.strategy", "nope", "invalid strategy name")])
+def test_trainer_arguments_lightning_refuses_are_one_line(flag: str, value: str, named: str, data_root: Path,
+                                                          tmp_path: Path, capsys):
+    assert fit("softmax_regression", data_root, tmp_path, flag, value) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mnist_lit: error: {flag}: ") and named in err[0]
+    assert not (tmp_path / "last.ckpt").exists()

@@ -90,6 +90,11 @@ def test_metrics_csv_holds_one_row_per_epoch_with_the_steps_of_metrics_json(data
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
             assert float(row[key]) == pytest.approx(recorded[key], rel=1e-6)
     assert int(test["step"]) == metrics["steps"] == 60 and float(test["test_acc"]) == pytest.approx(metrics["test_acc"])
+    # tiny_mlp validates on the test set: the last epoch's validation is the test of the same weights, so
+    # each epoch's metrics hold that epoch's batches alone (reset in between), over every batch
+    assert float(epochs[-1]["val_acc"]) == pytest.approx(metrics["test_acc"], abs=1e-6)
+    assert float(epochs[-1]["val_loss"]) == pytest.approx(metrics["test_loss"], rel=1e-5)
+    assert metrics["test_acc"] * 200 == pytest.approx(round(metrics["test_acc"] * 200))  # of all 200 test images
 
 
 class StepHook(Callback):

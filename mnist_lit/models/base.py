@@ -122,16 +122,24 @@ class Tutorial(L.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction)
         per_sample = loss if self.hparams.loss_reduction == "mean" else loss / len(y)
-        loss_metric, acc_metric = self.metrics[f"{stage}_loss"], self.metrics[f"{stage}_acc"]
-        loss_metric.update(per_sample.detach(), len(y))
-        acc_metric.update(logits.detach(), y)
-        # computed, synchronised over devices and reset by Lightning at each epoch's end
-        self.log_dict({f"{stage}_loss": loss_metric, f"{stage}_acc": acc_metric}, on_step=False, on_epoch=True)
+        self.metrics[f"{stage}_loss"].update(per_sample.detach(), len(y))
+        self.metrics[f"{stage}_acc"].update(logits.detach(), y)
         return loss, logits
+
+    def log_metrics(self, stage: str) -> None:
+        """The stage's metrics, logged as torchmetrics objects: Lightning computes them from all of the
+        epoch's updates when it ends (synchronised across devices), and resets them. Logged once, as the
+        epoch starts, rather than from every step: a `self.log` costs about half a small model's whole step
+        (docs/benchmarks.md)."""
+        self.log_dict({name: metric for name, metric in self.metrics.items() if name.startswith(stage)},
+                      on_step=False, on_epoch=True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self.step("train", batch)
         return loss  # Lightning runs backward, the optimizer's step and zero_grad
+
+    def on_train_epoch_start(self) -> None:
+        self.log_metrics("train")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # stop at the first NaN or infinite loss, before the epoch's end saves last.ckpt, which so keeps the
@@ -145,9 +153,15 @@ class Tutorial(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self.step("val", batch)
 
+    def on_validation_epoch_start(self) -> None:
+        self.log_metrics("val")
+
     def test_step(self, batch, batch_idx: int) -> None:
         _, logits = self.step("test", batch)
         self.test_confusion.update(logits.argmax(1), batch[1])
+
+    def on_test_epoch_start(self) -> None:
+        self.log_metrics("test")
 
     def on_test_epoch_end(self) -> None:
         self.confusion_matrix = self.test_confusion.compute().cpu()  # summed over all devices

@@ -325,3 +325,15 @@ def test_both_loaders_serve_the_same_test_set(data_root: Path):
     assert xm.shape == xt.shape == (64, 1, 28, 28) and xm.dtype == torch.float32
     assert torch.equal(xm, xt) and torch.equal(ym, yt)
     assert 0.0 <= float(xm.min()) and float(xm.max()) == 1.0  # x / 255, no mean/std
+
+
+def test_both_loaders_hold_out_the_same_images(data_root: Path):
+    held_out = {}
+    for loader in ("memory", "torchvision"):
+        dm = MNISTDataModule(data_dir=str(data_root), loader=loader, val="holdout", val_size=100, seed=3)
+        dm.prepare_data()
+        dm.setup("fit")
+        batches = list(dm.val_dataloader())
+        held_out[loader] = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    (xm, ym), (xt, yt) = held_out["memory"], held_out["torchvision"]
+    assert xm.shape == (100, 1, 28, 28) and torch.equal(xm, xt) and torch.equal(ym, yt)

@@ -45,8 +45,7 @@ def accuracy(model: model_files.Predict, images: torch.Tensor, labels: torch.Ten
 
 def measure(tutorial: str, checkpoint: Path, out: Path, rounds: int) -> list[str]:
     _, meta = model_files.load_model(checkpoint)
-    images, labels = data.load_split(data.locate(meta["dataset"], "data", allow_download=False), "test",
-                                     meta["dataset"])
+    images, labels = data.load_split("data", "test", meta["dataset"])
     images = images.float() / 255
     eager, _ = model_files.load_model(checkpoint)
     rows = []

@@ -44,9 +44,9 @@ def digits(count: int) -> list[tuple[bytes, int]]:
     """The first `count` MNIST test images as PNG files, with their labels."""
     from PIL import Image
 
-    from mnist_lit.data import load_split, locate
+    from mnist_lit.data import load_split
 
-    images, labels = load_split(locate("mnist", REPO / "data", allow_download=False), "test")  # shipped
+    images, labels = load_split(REPO / "data", "test")  # shipped
     out = []
     for image, label in zip(images[:count], labels[:count]):
         buffer = io.BytesIO()

@@ -79,12 +79,11 @@ def keras_child(name: str, data_file: str, policy: str, epochs: str = "0") -> No
 
 
 def dataset_file(name: str, folder: Path) -> Path:
-    """The tutorial's data set as mnist_lit finds it, in a .npz for the Keras process (which imports no torch)."""
-    from mnist_lit.data import load_split, locate
+    """The tutorial's data set as mnist_lit reads it, in a .npz for the Keras process (which imports no torch)."""
+    from mnist_lit.data import load_split
 
     dataset = "fashion_mnist" if name == "fashion_mlp" else "mnist"
-    where = locate(dataset, REPO / "data", allow_download=False)
-    (x, y), (xt, yt) = (load_split(where, split, dataset) for split in ("train", "test"))
+    (x, y), (xt, yt) = (load_split(REPO / "data", split, dataset) for split in ("train", "test"))
     path = folder / f"{dataset}.npz"
     if not path.exists():
         np.savez(path, x=x[:, 0].numpy(), y=y.numpy(), xt=xt[:, 0].numpy(), yt=yt.numpy())
@@ -123,6 +122,7 @@ def bare_child(name: str, limit: str = "0") -> None:
     module_path, _, cls = config["model"].rpartition(".")
     model = getattr(__import__(module_path, fromlist=[cls]), cls)()
     dm = MNISTDataModule(**{k: v for k, v in config.get("data", {}).items() if k != "val"})
+    dm.prepare_data()
     dm.setup("fit")
     x_all, y_all = dm._splits["train"]
     bs = dm.hparams.batch_size

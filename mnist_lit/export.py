@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import logging
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -50,7 +49,7 @@ def export(checkpoint: str | Path, fmt: str = "torchscript", output: str | Path 
 
     `quantize="int8"` (onnx and pte): static post-training quantization, int8 weights per output channel
     and int8 activations whose ranges are measured on training images of the checkpoint's data set, found
-    in `data_dir` as `fit` finds them.
+    in `data_dir` as `fit` reads them.
     """
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -93,8 +92,7 @@ def _calibration_images(dataset: str, data_dir: Path) -> torch.Tensor:
     """CALIBRATION_IMAGES training images (never test images), scaled to [0, 1] as the model sees them."""
     from mnist_lit import data
 
-    folder = data.locate(dataset, data_dir, allow_download=False, say=lambda line: print(line, file=sys.stderr))
-    images, _ = data.load_split(folder, "train", dataset)
+    images, _ = data.load_split(data_dir, "train", dataset)
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:CALIBRATION_IMAGES]
     return images[pick].float() / 255
 
@@ -226,8 +224,7 @@ def main(argv: list[str]) -> int:
                         help="int8 (onnx and pte): static post-training quantization, per-channel weights, "
                              f"calibrated on {CALIBRATION_IMAGES} training images; writes NAME.int8.onnx/.pte")
     parser.add_argument("--data-dir", default="data",
-                        help="where --quantize finds the training images, as fit's --data.data_dir (default: data, "
-                             "then the copy shipped with mnist_lit)")
+                        help="where --quantize finds the training images, as fit's --data.data_dir (default: data)")
     parser.add_argument("--output", help="the file to write (default: the checkpoint's name with the format's suffix)")
     args = parser.parse_args(argv)
     path = export(args.checkpoint, args.format, args.output, args.quantize, args.data_dir)

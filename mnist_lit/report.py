@@ -258,9 +258,9 @@ def main(argv: list[str]) -> int:
     """`python -m mnist_lit report FOLDER`: redraw the figures of a run from its logged files."""
     parser = argparse.ArgumentParser(prog="python -m mnist_lit report", description=main.__doc__.split(": ", 1)[1])
     parser.add_argument("folder", type=Path, help="a run's output folder, e.g. checkpoints/cnn")
-    parser.add_argument("--data_dir", default="data", help="where to look for the test images first")
+    parser.add_argument("--data_dir", default="data", help="the data folder, as fit's --data.data_dir")
     args = parser.parse_args(argv)
-    from mnist_lit.data import load_split, locate  # Lightning with it: not needed for --help
+    from mnist_lit.data import load_split  # Lightning with it: not needed for --help
 
     folder = args.folder
     if not folder.is_dir():
@@ -270,8 +270,7 @@ def main(argv: list[str]) -> int:
     if model is not None:  # the tested model, or for an interrupted run its last finished epoch
         net, meta = checkpoint_model(model)
         try:  # the files at hand only: report never downloads
-            source = locate(meta["dataset"], args.data_dir, allow_download=False, say=print)
-            images, labels = load_split(source, "test", meta["dataset"])
+            images, labels = load_split(args.data_dir, "test", meta["dataset"])
         except UserError as e:
             print(f"misclassified.png not drawn: {e}")
     if not (folder / "metrics.json").is_file() and (folder / "last.ckpt").is_file():

@@ -1,11 +1,8 @@
-"""Fixtures and suite-wide setup: an empty working folder, the CPU only, the suite's own cache (functions: helpers.py)."""
+"""Fixtures and suite-wide setup: an empty working folder and the CPU only (functions: helpers.py)."""
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,11 +14,6 @@ from tests.helpers import write_idx_folder
 # the processes it starts. tests/test_gpu.py (marked gpu) is what runs on the GPU.
 if os.environ.get("MNIST_LIT_TEST_ON_GPU") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
-
-# the uncompressed copies torchvision reads go to a cache of the suite's own (inherited by the processes
-# it starts), not the user's ~/.cache/mnist_lit
-os.environ["MNIST_LIT_CACHE"] = CACHE = tempfile.mkdtemp(prefix="mnist_lit-test-cache-")
-atexit.register(shutil.rmtree, CACHE, True)
 
 
 @pytest.fixture(autouse=True, scope="session")

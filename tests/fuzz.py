@@ -1,8 +1,8 @@
 """Fuzzing the four readers of files a user hands mnist_lit: every input ends in a result or the one-line error.
 
 A target takes bytes and runs one reader on them, as the command line does:
-- "idx": an IDX file, plain or gzip, beside three valid ones: `data.read_dataset` (the IDX check, the
-  decompression, torchvision's reader and the checks after it) gives a dataset or a DataError.
+- "idx": an IDX file, plain or gzip, beside three valid ones: `data.prepare` then `data.read_dataset` (the
+  decompression, the IDX check, torchvision's reader and the checks after it) give a dataset or a DataError.
 - "image": `classify.frame` gives a 1 x 28 x 28 image in [0, 1] or an ImageError.
 - "keras": a `.keras` zip or legacy `.h5` file: `keras_file.tutorial_of` gives a tutorial or a UserError.
 - "checkpoint": a `.ckpt`: `model_files.load_model` gives a model that answers 10 probabilities, or a UserError.
@@ -62,7 +62,6 @@ class Finding(Exception):
 def workdir() -> Path:
     root = Path(tempfile.mkdtemp(prefix="mnist_lit-fuzz-"))
     atexit.register(shutil.rmtree, root, True)
-    os.environ.setdefault("MNIST_LIT_CACHE", str(root / "cache"))  # the suite sets its own
     return root
 
 
@@ -96,9 +95,10 @@ IDX_NAMES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 @cache
 def _idx_folder() -> Path:
-    """Valid small train and test files; the target replaces one test file."""
-    folder = workdir() / "idx"
-    folder.mkdir()
+    """Valid small train and test files, in torchvision's layout under workdir()/idx; the target replaces one
+    test file."""
+    folder = workdir() / "idx" / "MNIST" / "raw"
+    folder.mkdir(parents=True)
     images, labels = _mnist_cut(5)
     for split in ("train", "t10k"):
         (folder / f"{split}-images-idx3-ubyte").write_bytes(images)
@@ -109,7 +109,7 @@ def _idx_folder() -> Path:
 def idx(data: bytes) -> str | None:
     """The first byte picks the file (test images or labels) and its form: plain, these bytes as the .gz
     file itself, or these bytes gzip-compressed."""
-    from mnist_lit.data import DataError, read_dataset
+    from mnist_lit.data import DataError, prepare, read_dataset
 
     folder, which, form, body = _idx_folder(), (data[:1] or b"\0")[0] % 2, (data[:1] or b"\0")[0] // 2 % 3, data[1:]
     name = IDX_NAMES[which]
@@ -123,10 +123,9 @@ def idx(data: bytes) -> str | None:
         (folder / name).unlink()
         path = folder / f"{name}.gz"
         path.write_bytes(body if form == 1 else gzip.compress(body, compresslevel=1))
-        idx.stamp = getattr(idx, "stamp", 0) + 1  # a new modification time: the cache's copy is made again
-        os.utime(path, ns=(idx.stamp * 1_000_000_000, idx.stamp * 1_000_000_000))
     try:
-        ds = read_dataset("mnist", folder, "test")
+        prepare("mnist", workdir() / "idx")  # (decompresses the .gz beside itself)
+        ds = read_dataset("mnist", workdir() / "idx", "test")
     except DataError as e:  # (a message about two files names the second by its name alone)
         return one_line(e, path.name)
     if tuple(ds.data.shape[1:]) != (28, 28) or len(ds.data) != len(ds.targets):

@@ -2,7 +2,7 @@
 process (`run`, `fit`) and in one of its own (`cli_process`), and a checkpoint with random weights.
 
 mnist_lit is imported inside the functions, so that importing this module (conftest.py does) sets nothing
-up before conftest.py has hidden the GPUs and pointed MNIST_LIT_CACHE at the suite's own cache.
+up before conftest.py has hidden the GPUs.
 """
 
 from __future__ import annotations

@@ -161,13 +161,11 @@ def test_validate_a_saved_model_with_and_without_validation_data(name: str, data
         assert "Validation: loss: " in capsys.readouterr().out
 
 
-def test_offline_without_data_is_one_line(tmp_path: Path, no_download, monkeypatch, capsys):
-    from mnist_lit import data
-
-    monkeypatch.setattr(data, "REPO_DATA", tmp_path / "nothing")
+def test_offline_without_data_is_one_line(tmp_path: Path, no_download, capsys):
     assert run("fit", "--config", "cnn", "--data.data_dir", str(tmp_path / "d"), "--output_dir", str(tmp_path)) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mnist_lit: error: MNIST not found and the download failed")
+    raw = tmp_path / "d" / "MNIST" / "raw"
+    assert len(err) == 1 and err[0].startswith(f"mnist_lit: error: {raw}: no MNIST files, and torchvision's download failed")
 
 
 @pytest.mark.slow

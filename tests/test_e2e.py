@@ -14,14 +14,13 @@ import pytest
 import torch
 
 from mnist_lit import data
-from tests.helpers import fit
+from tests.helpers import REPO, fit
 
 pytestmark = pytest.mark.e2e
-NO_DATA_DIR = "no-such-data-dir"  # so the lookup falls through to the shipped copy
 
 
 def trained(config: str, tmp_path: Path, *extra: str) -> dict:
-    assert fit(config, tmp_path / NO_DATA_DIR, tmp_path / "out", "--data.download", "false", *extra) == 0
+    assert fit(config, REPO / "data", tmp_path / "out", "--data.download", "false", *extra) == 0
     return json.loads((tmp_path / "out" / "metrics.json").read_text())
 
 
@@ -53,7 +52,7 @@ def test_digit_photos_need_mnist_framing(cnn_run, tmp_path: Path):
     from mnist_lit import classify
     from tests.photos import write_photos
 
-    images, labels = data.load_split(data.REPO_DATA / "MNIST" / "raw", "test")
+    images, labels = data.load_split(REPO / "data", "test")
     photos = write_photos(images, labels, tmp_path / "photos", count=200, seed=1)
     model, meta = classify.load_model(cnn_run[1] / "model.pt")  # the TorchScript file fit wrote
     ours = sum(classify.classify(model, meta, path)["index"] == label for path, label in photos) / len(photos)
@@ -67,8 +66,7 @@ def test_digit_photos_need_mnist_framing(cnn_run, tmp_path: Path):
 
 
 def test_torchvision_loader_trains_as_well(tmp_path: Path):
-    metrics = trained("dense512", tmp_path, "--trainer.max_epochs", "1", "--data.loader", "torchvision",
-                      "--data.data_dir", str(tmp_path / "tv"))
+    metrics = trained("dense512", tmp_path, "--trainer.max_epochs", "1", "--data.loader", "torchvision")
     assert metrics["test_acc"] >= 0.94  # seeds 0-4: 0.9552 to 0.9632
 
 

@@ -3,7 +3,6 @@ data line reads true, and Fashion-MNIST ships beside MNIST."""
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import logging
@@ -103,13 +102,21 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_looks_like(make, looks_lik
 # ---------------------------------------------------------------- the data line and the shipped data
 
 
-def test_the_data_line_names_the_data_folder_it_looked_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """From a notebook's folder, "data" is not the repo's data/: the line says where it looked, absolutely."""
+def test_the_default_data_folder_is_the_shipped_one_from_the_repo_root(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(REPO)
+    assert data.MNISTDataModule().source == REPO / "data" / "MNIST" / "raw"
+    assert data.MNISTDataModule(dataset="fashion_mnist").source == REPO / "data" / "FashionMNIST" / "raw"
+
+
+def test_elsewhere_the_line_names_the_data_folder_it_looked_in(tmp_path: Path, monkeypatch, no_download, capsys):
+    """From a notebook's folder, "data" is not the repo's data/: the lines say where, absolutely."""
     monkeypatch.chdir(tmp_path)
-    said = []
-    assert data.locate("mnist", "data", say=said.append) == data.REPO_DATA / "MNIST" / "raw"
-    assert said == [f"Data: MNIST from the copy shipped with mnist_lit, {data.REPO_DATA / 'MNIST' / 'raw'} "
-                    f"(the data folder {tmp_path / 'data'} holds none of its files)"]
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    with pytest.raises(data.DataError) as e:
+        data.MNISTDataModule().prepare_data()
+    assert capsys.readouterr().out == f"Data: no MNIST files in {raw}; downloading them with torchvision\n"
+    assert str(e.value).startswith(f"{raw}: no MNIST files, and torchvision's download failed (URLError: ")
+    assert str(e.value).endswith(f" in {raw}, or pass --data.data_dir DIR") and "\n" not in str(e.value)
 
 
 FASHION_SHA256 = {  # the .gz files as shipped (Debian's dataset-fashion-mnist compression)
@@ -126,7 +133,7 @@ FASHION_MD5 = {  # the decompressed files, as Zalando distributes them
 }
 
 
-def test_fashion_mnist_ships_with_its_sums_and_licence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_fashion_mnist_ships_with_its_sums_and_licence():
     shipped = REPO / "data" / "FashionMNIST"
     listed = dict(reversed(line.split()) for line in (shipped / "SHA256SUMS").read_text().splitlines())
     assert listed == {f"raw/{name}": sha for name, sha in FASHION_SHA256.items()}
@@ -135,9 +142,10 @@ def test_fashion_mnist_ships_with_its_sums_and_licence(tmp_path: Path, monkeypat
         assert hashlib.sha256(blob).hexdigest() == sha, name
         assert hashlib.md5(gzip.decompress(blob)).hexdigest() == FASHION_MD5[name.removesuffix(".gz")], name
     assert "Zalando" in (shipped / "LICENSE").read_text()
-    # no Debian package and no network: the shipped copy stands in
-    monkeypatch.setitem(data.DATASETS, "fashion_mnist", dataclasses.replace(data.DATASETS["fashion_mnist"], system=()))
-    assert data.locate("fashion_mnist", tmp_path / "empty", allow_download=False) == shipped / "raw"
+    # read as torchvision's FashionMNIST, from the repo's data folder, with nothing but files added to it
+    images, labels = data.load_split(REPO / "data", "test", "fashion_mnist")
+    assert images.shape == (10_000, 1, 28, 28) and labels.bincount().tolist() == [1000] * 10
+    assert set((shipped / "raw").iterdir()) == {shipped / "raw" / n for n in [*FASHION_MD5, *FASHION_SHA256]}
 
 
 def test_quiet_lightning_drops_a_flop_count_of_zero_only():

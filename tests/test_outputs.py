@@ -60,7 +60,7 @@ def predicted_rows(data_root: Path, tmp_path: Path) -> list[str]:
     assert abs(right - json.loads((tmp_path / "metrics.json").read_text())["test_acc"]) < 1e-6
     # each row: the saved model's most probable class for that test image, and its probability
     net, _ = model_files.checkpoint_model(tmp_path / "model.ckpt")
-    images, labels = load_split(data_root / "MNIST" / "raw", "test")
+    images, labels = load_split(data_root, "test")
     with torch.no_grad():
         probs = net(images.float() / 255).softmax(1)
     assert [int(r.split(",")[1]) for r in rows[1:]] == labels.tolist()

@@ -92,18 +92,17 @@ def test_report_draws_an_interrupted_run_from_last_ckpt(data_root: Path, tmp_pat
 
 
 def test_report_never_downloads(data_root: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch):
-    from mnist_lit import data
+    from torchvision import datasets
 
     out = tmp_path / "run"
     assert fit("dense512", data_root, out, "--trainer.max_epochs", "1") == 0
     empty = tmp_path / "nothing"
     empty.mkdir()
-    monkeypatch.setattr(data, "fallbacks", lambda dataset: [])  # no test images anywhere
-    monkeypatch.setattr(data, "download", lambda *a, **k: pytest.fail("report went to the network"))
+    monkeypatch.setattr(datasets.MNIST, "download", lambda *a, **k: pytest.fail("report went to the network"))
     capsys.readouterr()
     assert run("report", str(out), "--data_dir", str(empty)) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("misclassified.png not drawn: MNIST not found in ") and "downloads are off" in printed[0]
+    assert printed[0].startswith(f"misclassified.png not drawn: {empty / 'MNIST' / 'raw'}: no MNIST files; put ")
     assert printed[1:] == [f"wrote {out / 'curves.png'}", f"wrote {out / 'confusion_matrix.png'}"]
 
 

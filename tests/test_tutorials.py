@@ -17,7 +17,6 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mnist_lit import data
 
 REPO = Path(__file__).resolve().parent.parent
 TUTORIALS = REPO / "docs" / "tutorials"
@@ -36,11 +35,6 @@ FLOOR = 0.85
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_tutorial_runs_as_a_notebook(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    if name == "fashion_mlp":
-        try:
-            data.locate("fashion_mnist", tmp_path, allow_download=False)
-        except data.DataError:
-            pytest.skip("Fashion-MNIST not on this machine (apt-get install dataset-fashion-mnist)")
     monkeypatch.setenv("MNIST_LIT_TUTORIAL_EPOCHS", "1")
     # render.py points the kernel (a new process) at this checkout's mnist_lit and makes OpenMP's threads
     # wait passively; set here first, so that the test leaves the environment as it found it

@@ -68,9 +68,17 @@ def in_language(notebook: nbformat.NotebookNode, lang: str) -> nbformat.Notebook
     return kept
 
 
+def link_data(folder: Path) -> None:
+    """The tutorials read ./data (MNISTDataModule's default, the shipped files from the repo root): a kernel
+    working in `folder` gets a link to the repo's data/ there."""
+    if not os.path.lexists(folder / "data"):  # (a link of an earlier run, even a broken one, stays)
+        (folder / "data").symlink_to(REPO / "data", target_is_directory=True)
+
+
 def execute(notebook: nbformat.NotebookNode, cwd: Path, timeout: int = 3600) -> nbformat.NotebookNode:
     """Run the notebook cell by cell in a fresh kernel working in `cwd`; a cell that fails raises
     nbclient's CellExecutionError with its traceback."""
+    link_data(cwd)
     NotebookClient(notebook, kernel_name="python3", timeout=timeout,
                    resources={"metadata": {"path": str(cwd)}}).execute()
     return notebook
@@ -180,6 +188,7 @@ def render(names: list[str]) -> None:
 def notebooks(names: list[str], folder: Path, lang: str, run: bool) -> None:
     kernel_environment()
     folder.mkdir(parents=True, exist_ok=True)
+    link_data(folder)
     for name in names:
         notebook = read(name) if lang == "both" else in_language(read(name), lang)
         path = folder / f"{name}.ipynb"

@@ -287,8 +287,8 @@ print(f"{reloaded.name}, {sum(p.numel() for p in reloaded.net.parameters()):,} p
 # ```
 # PYTHONPATH=. python -c "
 # from pathlib import Path; import shutil
-# from mnist_lit.data import REPO_DATA, load_split; from tests.photos import write_photos
-# x, y = load_split(REPO_DATA / 'MNIST' / 'raw', 'test')
+# from mnist_lit.data import load_split; from tests.photos import write_photos
+# x, y = load_split('data', 'test')
 # [(p, _)] = write_photos(x[18:19], y[18:19], Path('/tmp/photo'), 1, seed=233)
 # shutil.copy(p, 'docs/tutorials/digit.png')"
 # ```
@@ -310,8 +310,8 @@ print(f"{reloaded.name}, {sum(p.numel() for p in reloaded.net.parameters()):,} p
 # ```
 # PYTHONPATH=. python -c "
 # from pathlib import Path; import shutil
-# from mnist_lit.data import REPO_DATA, load_split; from tests.photos import write_photos
-# x, y = load_split(REPO_DATA / 'MNIST' / 'raw', 'test')
+# from mnist_lit.data import load_split; from tests.photos import write_photos
+# x, y = load_split('data', 'test')
 # [(p, _)] = write_photos(x[18:19], y[18:19], Path('/tmp/photo'), 1, seed=233)
 # shutil.copy(p, 'docs/tutorials/digit.png')"
 # ```

@@ -32,7 +32,7 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torchvision import datasets, transforms
 
 from mnist_lit.atomic import write_bytes_from
-from mnist_lit.errors import UserError
+from mnist_lit.errors import UserError, check_choice, check_positive
 
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -310,6 +310,12 @@ class MNISTDataModule(L.LightningDataModule):
                  eval_batch_size: PositiveInt = 1000,
                  download: bool = True, seed: int = 0) -> None:
         super().__init__()
+        check_choice("dataset", dataset, DATASETS)
+        check_choice("val", val, ("none", "holdout", "test"))
+        check_choice("loader", loader, ("memory", "torchvision"))
+        for name, value in (("batch_size", batch_size), ("val_size", val_size), ("eval_batch_size", eval_batch_size)):
+            check_positive(name, value)
+        check_positive("num_workers", num_workers, zero=True)
         self.save_hyperparameters()
         self.classes = DATASETS[dataset].classes
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -7,3 +7,15 @@ class UserError(Exception):
 
 class ArgumentError(UserError, ValueError):
     """A bad argument given from Python (a misspelt option, a size of 0): a ValueError, as Python's own are."""
+
+
+def check_choice(name: str, value: object, choices) -> None:
+    """A Python caller's misspelt option: one line, as the CLI's parser says it."""
+    if value not in choices:
+        raise ArgumentError(f"{name}={value!r}: not one of {', '.join(map(repr, choices))}")
+
+
+def check_positive(name: str, value: object, zero: bool = False) -> None:
+    """A size or count given from Python: a whole number above 0 (or at least 0), as the CLI's types take."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero else 1):
+        raise ArgumentError(f"{name}={value!r}: must be a whole number {'>= 0' if zero else 'above 0'}")

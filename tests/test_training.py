@@ -136,7 +136,7 @@ def test_channels_last_is_on_for_the_cnn_on_cpu_and_changes_no_result(data_root:
     assert abs(auto["test_loss"] - off["test_loss"]) < 1e-4  # other kernels, the same arithmetic
     # the checkpoint of a channels-last fit, loaded into a plain network, computes the test loss it recorded
     net, _ = model_files.checkpoint_model(tmp_path / "auto" / "model.ckpt")
-    images, labels = load_split(data_root / "MNIST" / "raw", "test")
+    images, labels = load_split(data_root, "test")
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(net(images.float() / 255), labels)
     assert float(loss) == pytest.approx(auto["test_loss"], abs=1e-5)
@@ -183,7 +183,11 @@ def test_tensorboard_logger_writes_the_epochs_metrics(data_root: Path, tmp_path:
 
 def test_python_arguments_are_checked_as_the_cli_checks_them():
     for make, named in ((lambda: CNN(optimizer="sgdd"), "optimizer='sgdd'"), (lambda: CNN(lr=0), "lr=0"),
-                        (lambda: TinyMLP(dataset="fashion"), "dataset='fashion'")):
+                        (lambda: TinyMLP(dataset="fashion"), "dataset='fashion'"),
+                        (lambda: MNISTDataModule(batch_size=0), "batch_size=0"),
+                        (lambda: MNISTDataModule(dataset="fashion"), "dataset='fashion'"),
+                        (lambda: MNISTDataModule(val="valid"), "val='valid'"),
+                        (lambda: MNISTDataModule(num_workers=-1), "num_workers=-1")):
         with pytest.raises(ValueError) as error:
             make()
         assert named in str(error.value) and "\n" not in str(error.value)

@@ -25,7 +25,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mnist_lit.data import DATASETS, DatasetName
-from mnist_lit.errors import ArgumentError, UserError
+from mnist_lit.errors import ArgumentError, UserError, check_choice
 from mnist_lit.optim import KerasAdam, KerasRMSprop, KerasSGD
 from mnist_lit.speed import SpeedDevices
 
@@ -51,12 +51,6 @@ def keras_init(net: nn.Module) -> None:
 
 def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
-
-
-def check_choice(name: str, value: Any, choices: Any) -> None:
-    """A Python caller's misspelt option: one line, as the CLI's parser says it."""
-    if value not in choices:
-        raise ArgumentError(f"{name}={value!r}: not one of {', '.join(map(repr, choices))}")
 
 
 class Tutorial(L.LightningModule):

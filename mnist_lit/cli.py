@@ -57,7 +57,8 @@ class MnistCLI(LightningCLI):
             save_config_callback=outputs.ConfigSaver, save_config_kwargs={"overwrite": True},
             trainer_defaults={**defaults, "callbacks": callbacks},
             seed_everything_default=0, auto_configure_optimizers=False,
-            parser_kwargs={"description": __doc__.splitlines()[0]},
+            # allow_abbrev off: a habit like --lr must not read as the start of --lr_scheduler
+            parser_kwargs={"description": __doc__.splitlines()[0], "allow_abbrev": False},
             args=args, run=run, **kwargs,
         )
 

@@ -26,7 +26,7 @@ LIGHTNING_COMMANDS = {
     "predict": "class probabilities for the test images, written to predictions.csv",
 }
 OWN_COMMANDS = {
-    "report": "summary, curves, confusion matrix and worst mistakes of a checkpoint",
+    "report": "test result, per-class accuracy, curves, confusion matrix and worst mistakes of a run",
     "export": "a checkpoint as TorchScript, .pt2, ONNX or ExecuTorch .pte (int8 on request), for use without mnist_lit",
     "classify": "classify photos of digits with a checkpoint or an exported model",
     "import-keras": "a model trained in Keras (.keras or .h5) becomes an mnist_lit checkpoint",

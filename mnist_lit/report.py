@@ -254,19 +254,31 @@ def write_report(folder: Path, model: nn.Module | None = None, images: torch.Ten
     return written
 
 
+def summary(metrics: dict[str, Any]) -> list[str]:
+    """A run's test result as Keras' `evaluate` prints it, with its per-class accuracy."""
+    if "test_acc" not in metrics:
+        return []
+    head = (f"{metrics.get('tutorial', '?')} on {metrics.get('dataset', '?')}: {metrics.get('epochs', '?')} epochs, "
+            f"{metrics.get('steps', '?')} steps; Test: loss: {metrics['test_loss']:.4f} - acc: {metrics['test_acc']:.4f}"
+            f" ({metrics.get('test_samples', '?')} images)")
+    classes = metrics.get("per_class_acc") or {}
+    return [head, "per class: " + ", ".join(f"{name} {acc:.4f}" for name, acc in classes.items())] if classes else [head]
+
+
 def main(argv: list[str]) -> int:
-    """`python -m mnist_lit report FOLDER`: redraw the figures of a run from its logged files."""
+    """`python -m mnist_lit report RUN`: the test result of a run and its figures (curves, confusion matrix,
+    worst mistakes), from its output folder or a checkpoint in it."""
     parser = argparse.ArgumentParser(prog="python -m mnist_lit report", description=main.__doc__.split(": ", 1)[1])
-    parser.add_argument("folder", type=Path, help="a run's output folder, e.g. checkpoints/cnn")
+    parser.add_argument("run", type=Path, help="a run's output folder, e.g. checkpoints/cnn, or a .ckpt in it")
     parser.add_argument("--data_dir", default="data", help="the data folder, as fit's --data.data_dir")
     args = parser.parse_args(argv)
     from mnist_lit.data import load_split  # Lightning with it: not needed for --help
 
-    folder = args.folder
+    folder, model = (args.run.parent, args.run) if args.run.is_file() else (args.run, None)
     if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder")
+        raise UserError(f"{args.run}: no such folder or checkpoint")
     net = images = labels = None
-    model = next((folder / name for name in ("model.ckpt", "last.ckpt") if (folder / name).is_file()), None)
+    model = model or next((folder / name for name in ("model.ckpt", "last.ckpt") if (folder / name).is_file()), None)
     if model is not None:  # the tested model, or for an interrupted run its last finished epoch
         net, meta = checkpoint_model(model)
         try:  # the files at hand only: report never downloads
@@ -275,6 +287,8 @@ def main(argv: list[str]) -> int:
             print(f"misclassified.png not drawn: {e}")
     if not (folder / "metrics.json").is_file() and (folder / "last.ckpt").is_file():
         print(f"{folder}: no metrics.json (the run did not finish); drawing its finished epochs from last.ckpt")
-    for path in write_report(folder, net, images, labels):
-        print(f"wrote {path}")
+    for line in summary(run_record(folder)):
+        print(line)
+    written = write_report(folder, net, images, labels)
+    print("Figures: " + (", ".join(map(str, written)) if written else "none (nothing logged to draw)"))
     return 0

@@ -65,8 +65,14 @@ def test_report_redraws_a_run_and_refuses_an_empty_folder(data_root: Path, tmp_p
     for figure in ("curves.png", "confusion_matrix.png", "misclassified.png"):
         (out / figure).unlink()
     capsys.readouterr()
-    assert run("report", str(out), "--data_dir", str(data_root)) == 0
-    assert capsys.readouterr().out.count("wrote ") == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    for given in (out, out / "model.ckpt"):  # the run's folder, or its checkpoint
+        assert run("report", str(given), "--data_dir", str(data_root)) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].endswith(f"Test: loss: {metrics['test_loss']:.4f} - acc: {metrics['test_acc']:.4f} (200 images)")
+        assert lines[1].startswith("per class: T-shirt/top ") and lines[1].count(", ") == 9
+        assert lines[2] == "Figures: " + ", ".join(str(out / f) for f in ("curves.png", "confusion_matrix.png",
+                                                                           "misclassified.png"))
     for figure in ("curves.png", "confusion_matrix.png", "misclassified.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((out / "metrics.json").read_text())["history"]
@@ -86,7 +92,7 @@ def test_report_draws_an_interrupted_run_from_last_ckpt(data_root: Path, tmp_pat
     assert run("report", str(out), "--data_dir", str(data_root)) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{out}: no metrics.json (the run did not finish); drawing its finished epochs from last.ckpt",
-        f"wrote {out / 'curves.png'}", f"wrote {out / 'misclassified.png'}"]
+        f"Figures: {out / 'curves.png'}, {out / 'misclassified.png'}"]
     history = report.run_record(out)["history"]
     assert [e["epoch"] for e in history] == [1, 2, 3] and all("val_loss" in e for e in history)
 
@@ -103,7 +109,8 @@ def test_report_never_downloads(data_root: Path, tmp_path: Path, capsys, monkeyp
     assert run("report", str(out), "--data_dir", str(empty)) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith(f"misclassified.png not drawn: {empty / 'MNIST' / 'raw'}: no MNIST files; put ")
-    assert printed[1:] == [f"wrote {out / 'curves.png'}", f"wrote {out / 'confusion_matrix.png'}"]
+    assert " Test: loss: " in printed[1] and printed[2].startswith("per class: 0 ")
+    assert printed[3:] == [f"Figures: {out / 'curves.png'}, {out / 'confusion_matrix.png'}"]
 
 
 def test_worst_mistakes_are_wrong_and_most_confident_first():

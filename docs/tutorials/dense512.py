@@ -173,7 +173,8 @@ print(report.keras_summary(model.net, model.name))
 # 共用这些方法（`Tutorial` 类）：
 
 # %%
-show_source(Tutorial.step, Tutorial.training_step, Tutorial.validation_step, Tutorial.configure_optimizers)
+show_source(Tutorial.step, Tutorial.training_step, Tutorial.log_metrics, Tutorial.on_train_epoch_start,
+            Tutorial.validation_step, Tutorial.configure_optimizers)
 print(model.configure_optimizers())
 
 # %% [markdown] lang="en"

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+from jupyter_client import KernelManager
 from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
@@ -79,8 +80,15 @@ def execute(notebook: nbformat.NotebookNode, cwd: Path, timeout: int = 3600) -> 
     """Run the notebook cell by cell in a fresh kernel working in `cwd`; a cell that fails raises
     nbclient's CellExecutionError with its traceback."""
     link_data(cwd)
-    NotebookClient(notebook, kernel_name="python3", timeout=timeout,
-                   resources={"metadata": {"path": str(cwd)}}).execute()
+    # the kernel talks over local sockets in a folder of its own: over TCP, ipykernel warns at every start
+    # that the traffic is unencrypted
+    with tempfile.TemporaryDirectory() as sockets:
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
+        try:
+            NotebookClient(notebook, km=km, timeout=timeout, resources={"metadata": {"path": str(cwd)}}).execute()
+        finally:  # a kernel manager given to nbclient is not shut down by it
+            if km.has_kernel:
+                km.shutdown_kernel()
     return notebook
 
 

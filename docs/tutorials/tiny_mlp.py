@@ -182,7 +182,7 @@ print(model.configure_optimizers())
 # `CSVLogger` 像 `history.history` 那样记录指标，mnist_lit 的进度回调 `EpochLine` 打印 Keras 风格的一行。
 
 # %%
-logger = CSVLogger(OUT, name="logs")  # OUT/logs/version_0/metrics.csv, one row per epoch
+logger = CSVLogger(OUT, name="logs")  # OUT/logs/version_0/metrics.csv: a validation row and a training row per epoch
 trainer = L.Trainer(max_epochs=EPOCHS, logger=logger, callbacks=[EpochLine()],
                     enable_checkpointing=False,  # Keras' fit writes no checkpoint either
                     enable_model_summary=False)  # the summary was printed above, Keras' way

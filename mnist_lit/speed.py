@@ -46,8 +46,9 @@ class SpeedDevices(L.Callback):
         if choice:  # strides only; a 1-channel input needs no conversion to match
             pl_module.to(memory_format=torch.channels_last)
         if stage == "fit" and on_cpu and self.flushed_before is None:
-            # new threads inherit the mode from the thread that starts them: torch's OpenMP threads get it
-            # when this is set before they start (python -m mnist_lit does so at start-up)
+            # the mode of this thread, and of the threads it starts later: torch starts its OpenMP threads
+            # at its first parallel work, after this in a fresh process (`python -m mnist_lit`); threads
+            # started before keep theirs (in a notebook, call torch.set_flush_denormal(True) first)
             self.flushed_before = flushes_denormals()
             torch.set_flush_denormal(True)
 

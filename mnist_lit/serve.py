@@ -16,8 +16,6 @@ With --api-key (or MNIST_LIT_API_KEY) every route but /health needs the header X
 401 and {"error": ...}; a browser opening / or /docs gets that 401 with a page that asks for the key.
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import ctypes
@@ -36,13 +34,25 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
 from mnist_lit import classify
 from mnist_lit.errors import UserError
 from mnist_lit.model_files import load_model
+
+try:
+    import litserve as ls
+    from fastapi import Form, HTTPException, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from pydantic import BaseModel, Field
+    import fastapi_offline  # Swagger UI's files, served from here: /docs works offline, as the page does
+except ImportError as e:  # `python -m mnist_lit serve` answers this in one line
+    raise UserError(f"serving needs the serve extra ({e.name} is not installed): pip install 'mnist-lit[serve]'")
 
 MAX_BODY = 10 * 1024 * 1024  # bytes in one request; larger ones are answered 413, never kept
 TOO_BIG = f"request body over {MAX_BODY // (1024 * 1024)} MB"
@@ -54,7 +64,6 @@ DRAIN_SECONDS = 30
 KEY_ENV = "MNIST_LIT_API_KEY"  # the key from the environment, so that it stays out of `ps`
 KEY_HEADER = "X-API-Key"
 NO_KEY = f"this server needs its API key in the header {KEY_HEADER}"
-OPEN_PATHS = ("/health",)  # answered without the key: load balancers and probes poll it
 DOCS_ASSETS = "/docs-assets"  # Swagger UI's own files (no data of this server): open, as a browser loads them
 MAX_BATCH = 128  # --max-batch-size at most: each size up to it is run at start-up
 PAGE = Path(__file__).with_name("serve_page.html")
@@ -63,32 +72,34 @@ HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds
 HOW = "send the image file in the multipart form field 'image', e.g. curl -F image=@digit.png URL/predict"
 
 
+class ImageForm(BaseModel):
+    """POST /predict's request: FastAPI reads the form, refuses one without a file in `image`, and
+    describes it in the OpenAPI document; LitServe sends it to the inference worker as it is."""
+
+    image: UploadFile = Field(description="an image file: PNG, JPEG, GIF, BMP, TIFF, WebP, PGM...")
+
+
+class Prediction(BaseModel):
+    """POST /predict's answer to an image it could classify."""
+
+    class_: str = Field(alias="class", description="the predicted class")
+    index: int = Field(ge=0, description="its index in `classes`")
+    probability: float = Field(ge=0, le=1)
+    probabilities: list[float] = Field(description="one per class, in the order of `classes`")
+    classes: list[str]
+
+
 @dataclass
 class Refusal:
-    """A request this server cannot answer with a prediction: its HTTP status and the reason, one line."""
+    """An image this server cannot classify: the HTTP status and the reason, one line."""
 
     status: int
     error: str
 
 
-try:
-    import litserve as ls
-    from fastapi import HTTPException, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-    from fastapi.staticfiles import StaticFiles
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-    import python_multipart  # noqa: F401  (starlette reads forms with it)
-    import fastapi_offline  # Swagger UI's files, served from here: /docs works offline, as the page does
-except ImportError as e:  # the `serve` extra is not installed: main() says so in one line
-    ls, MISSING = None, e.name
-else:
-    MISSING = None
-
-
-class DigitAPI(ls.LitAPI if ls else object):
-    """One framed image in (framing_predict frames it), its class and probabilities out. Runs in LitServe's
-    inference worker(s)."""
+class DigitAPI(ls.LitAPI):
+    """Runs in LitServe's inference worker(s): frames each image as `classify` frames it (decode_request),
+    runs the model on the batch (predict), and answers each request on its own (encode_response)."""
 
     def __init__(self, model: str, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
@@ -108,10 +119,24 @@ class DigitAPI(ls.LitAPI if ls else object):
                 self.model(torch.zeros(size, 1, 28, 28))
         gc.freeze()  # as in main: torch's objects are not scanned by the collector
 
-    # no annotation on decode_request's argument or encode_response's result: LitServe reads them as the
-    # endpoint's request and response types
-    def decode_request(self, request):  # noqa: ANN001
-        return request["image"]  # 1 x 28 x 28, framed in the HTTP process (a Refusal is answered there)
+    def authorize(self) -> None:
+        """Nothing: Gate checks the key in front of every route. LitServe calls this in place of its own
+        check of LIT_SERVER_API_KEY, which would close /health too."""
+
+    # LitServe builds /predict from these type hints: FastAPI reads and describes the form and the answer
+    def decode_request(self, request: Annotated[ImageForm, Form(media_type="multipart/form-data")]) -> torch.Tensor | Refusal:
+        """The image, 1 x 28 x 28, or why it cannot be classified: returned, not raised, as LitServe
+        answers an exception here with a 500 to every request of the batch."""
+        try:
+            data = request.image.file.read()
+            return classify.frame(self.meta, io.BytesIO(data)) if data else Refusal(400, "the file in the field 'image' is empty")
+        except classify.NotAnImage as e:
+            return Refusal(415, str(e))
+        except classify.ImageError as e:
+            return Refusal(422, str(e))
+        except Exception as e:  # a bug: this request's 500, and the rest of the batch is answered
+            logging.getLogger(__name__).exception("framing an image failed")
+            return Refusal(500, f"the server could not frame this image ({e.__class__.__name__})")
 
     def batch(self, inputs: list) -> list:
         return inputs  # images and refusals side by side: predict stacks the images
@@ -126,94 +151,36 @@ class DigitAPI(ls.LitAPI if ls else object):
         out = [next(probs) if isinstance(item, torch.Tensor) else item for item in items]
         return out if isinstance(x, list) else out[0]
 
-    def encode_response(self, output: Any):  # noqa: ANN201
+    def encode_response(self, output: Any) -> Prediction:
         if isinstance(output, Refusal):
             return JSONResponse({"error": output.error}, status_code=output.status)
-        return JSONResponse({**classify.answer(self.meta, output), "classes": self.meta["classes"]})
+        return {**classify.answer(self.meta, output), "classes": self.meta["classes"]}
 
 
-def frame_upload(meta: dict[str, Any], form: Any) -> torch.Tensor | Refusal:
-    """The image in the form's field `image`, framed as `classify` frames it (1 x 28 x 28), or the reason
-    it cannot be. Raises nothing: a bug is this request's 500, and the server goes on."""
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
-        return Refusal(400, f"no image: {HOW}")
-    try:
-        data = upload.file.read()
-        if not data:
-            return Refusal(400, "the file in the field 'image' is empty")
-        return classify.frame(meta, io.BytesIO(data))
-    except classify.NotAnImage as e:
-        return Refusal(415, str(e))
-    except classify.ImageError as e:
-        return Refusal(422, str(e))
-    except Exception as e:
-        logging.getLogger(__name__).exception("framing an image failed")
-        return Refusal(500, f"the server could not frame this image ({e.__class__.__name__})")
+class Gate:
+    """In front of every route, LitServe's included (passed as LitServer(middlewares=...)): the page at
+    GET / (LitServe answers / with its own text), the API key on every route but /health and Swagger UI's
+    files, and the size limit, each refusal in one JSON line. LitServe's max_payload_size answers once
+    the body passed the limit, unread: a client still sending would see a reset, not the answer."""
 
-
-class Framed:
-    """What LitServe's /predict handler reads of a request, its Content-Type and its form, holding the
-    image framed already: LitServe sends the form on to the inference worker as it is."""
-
-    headers = {"Content-Type": "multipart/form-data"}
-
-    def __init__(self, image: torch.Tensor) -> None:
-        self.image = image
-
-    async def form(self) -> dict[str, torch.Tensor]:
-        return {"image": self.image}
-
-
-def framing_predict(app: Any, meta: dict[str, Any]) -> None:
-    """POST /predict frames its image here, in the HTTP process and in a thread of its own, before
-    LitServe queues it for the inference worker, which then only runs the model: a 9 MP photo being
-    framed holds up no other request (docs/benchmarks.md#serving), and 3 KB travel to the worker, not the file."""
-    route = next(r for r in app.router.routes if getattr(r, "path", None) == "/predict")
-    litserve_predict = route.endpoint
-    app.router.routes.remove(route)
-
-    async def predict(request: Request) -> Response:
-        framed = await run_in_threadpool(frame_upload, meta, await request.form())
-        if isinstance(framed, Refusal):
-            return JSONResponse({"error": framed.error}, status_code=framed.status)
-        return await litserve_predict(Framed(framed))
-
-    app.add_api_route("/predict", predict, methods=["POST"], include_in_schema=False)
-
-
-class RequestLimits:
-    """Answers in one JSON line, before the request reaches LitServe: no API key or the wrong one (401,
-    when the server has a key), a body over MAX_BODY (413) and a POST /predict that is not a multipart
-    form (415; LitServe would read anything else as JSON and fail with 500)."""
-
-    def __init__(self, app: Any, api_key: str | None = None, locked_page: str = "", locked_docs: str = "") -> None:
-        self.app = app
-        self.api_key = api_key.encode() if api_key else None
-        self.locked = {"/": locked_page, "/docs": locked_docs}  # what a browser without the key is shown
+    def __init__(self, app: Any, api_key: str | None = None, page: str = "", docs: str = "") -> None:
+        self.app, self.api_key = app, api_key.encode() if api_key else None
+        self.pages = {"/": page, "/docs": docs}  # the page at /; both sent to a browser without the key
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        path = scope["path"]
-        if self.api_key and not (path in OPEN_PATHS or path.startswith(DOCS_ASSETS + "/")):
+        headers, path = dict(scope["headers"]), scope["path"]
+        if self.api_key and path != "/health" and not path.startswith(DOCS_ASSETS + "/"):
             if not hmac.compare_digest(headers.get(KEY_HEADER.lower().encode(), b""), self.api_key):
-                html = self.locked.get(path) if b"text/html" in headers.get(b"accept", b"") else None
-                answer = HTMLResponse(html, status_code=401) if html else None
+                page = self.pages.get(path) if b"text/html" in headers.get(b"accept", b"") else None
+                answer = HTMLResponse(page, status_code=401) if page else None
                 return await refuse(receive, send, headers, 401, NO_KEY, answer)
         length = headers.get(b"content-length", b"0").strip()  # not a number: uvicorn has answered 400
         if length.isdigit() and int(length) > MAX_BODY:
             return await refuse(receive, send, headers, 413, TOO_BIG)
-        content_type = headers.get(b"content-type", b"").decode("latin-1")
-        media, _, parameters = content_type.partition(";")
-        if path == "/predict" and scope["method"] == "POST":
-            if media.strip().lower() != "multipart/form-data":
-                return await refuse(receive, send, headers, 415,
-                                    f"not a multipart form ({content_type or 'no content type'}): {HOW}")
-            # media types are case-insensitive; LitServe compares them as written
-            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-                     + [(b"content-type", f"multipart/form-data;{parameters}".encode("latin-1"))]}
+        if path == "/" and scope["method"] in ("GET", "HEAD"):
+            return await HTMLResponse(self.pages["/"])(scope, receive, send)
         seen = 0
 
         async def counted() -> dict:  # a body sent in chunks, without a length
@@ -225,7 +192,12 @@ class RequestLimits:
                 raise HTTPException(413, TOO_BIG, headers=None if drained else {"Connection": "close"})
             return message
 
-        await self.app(scope, counted, send)
+        async def typed(message: dict) -> None:  # LitServe's /health answer names no media type
+            if path == "/health" and message["type"] == "http.response.start":
+                message["headers"] = [*message["headers"], (b"content-type", b"text/plain; charset=utf-8")]
+            await send(message)
+
+        await self.app(scope, counted, typed)
 
 
 async def refuse(receive: Any, send: Any, headers: dict[bytes, bytes], status: int, error: str,
@@ -265,15 +237,22 @@ async def drain(receive: Any, seen: int = 0) -> bool:
         return False
 
 
-def error_as_json(request: Any, exc: StarletteHTTPException) -> JSONResponse:
-    """Every HTTP error as {"error": "<one line>"}, LitServe's and FastAPI's included."""
-    if exc.status_code == 405 and request.url.path == "/predict":
+def error_as_json(request: Any, exc: Exception) -> JSONResponse:
+    """Every HTTP error as {"error": "<one line>"}, LitServe's and FastAPI's included; a POST /predict
+    whose form has no file in `image` (FastAPI's validation of ImageForm) as 400, or 415 if it is no form."""
+    status, headers = getattr(exc, "status_code", 400), getattr(exc, "headers", None)
+    content_type = request.headers.get("content-type", "")
+    if isinstance(exc, RequestValidationError) and content_type.partition(";")[0].strip().lower() != "multipart/form-data":
+        status, error = 415, f"not a multipart form ({content_type or 'no content type'}): {HOW}"
+    elif isinstance(exc, RequestValidationError):
+        error = f"no image: {HOW}"
+    elif status == 405 and request.url.path == "/predict":
         error = f"{request.method} /predict: use POST; {HOW}"
-    elif exc.status_code == 404:
+    elif status == 404:
         error = f"no such path: {request.url.path}"
     else:
         error = str(exc.detail).splitlines()[0] if exc.detail else "error"
-    return JSONResponse({"error": error}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def page(meta: dict[str, Any], keyed: bool = False) -> str:
@@ -291,88 +270,53 @@ def docs_page(keyed: bool) -> str:
     return DOCS.read_text(encoding="utf-8").replace("{{ASSETS}}", DOCS_ASSETS).replace("{{KEYED}}", json.dumps(keyed))
 
 
-def openapi(meta: dict[str, Any], keyed: bool) -> dict[str, Any]:
-    """The OpenAPI description of this server's routes, written out: LitServe's own would describe
-    /predict as taking any request and answering anything."""
-    error = {"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    refusals = {"400": "no file in the field `image`, an empty file or a malformed form",
-                "413": TOO_BIG, "415": "not an image format this reads, or not a multipart form",
-                "422": "an image that cannot be classified: truncated, blank, over 50 megapixels, under 8x8"}
+def openapi(app: Any, meta: dict[str, Any], keyed: bool) -> dict[str, Any]:
+    """FastAPI's OpenAPI description of the routes (the form and the answer from DigitAPI's type hints),
+    with what the routes cannot tell it: the refusals, the model's class names, /health's text, the key."""
+    document = app.openapi()
+    del document["paths"]["/"]  # LitServe's text, which Gate answers with the page for people
+    document["info"].update(title=f"mnist_lit: {meta.get('tutorial', 'model')}", version="1",
+                            description="Classify images of digits (or, for a Fashion model, of clothes).")
+    schemas = document["components"]["schemas"]
+    schemas["Error"] = {"type": "object", "required": ["error"], "additionalProperties": False,
+                        "properties": {"error": {"type": "string", "description": "the reason, one line"}}}
+    schemas["Prediction"]["properties"]["class"]["enum"] = list(meta["classes"])
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    refusals = {"400": "no file in the field `image`, an empty file or a malformed form", "413": TOO_BIG,
+                "415": "not an image format this reads, or not a multipart form",
+                "422": "an image that cannot be classified: truncated, blank, over 50 megapixels, under 8x8",
+                **({"401": NO_KEY} if keyed else {})}
+    predict = document["paths"]["/predict"]["post"]
+    predict.update(operationId="predict", summary="Classify one image", description=(
+        "The image file goes in the multipart form field `image`, e.g. `curl -F image=@digit.png URL/predict`; "
+        "it is framed as `python -m mnist_lit classify` frames it."))
+    predict["responses"].update({status: {**error, "description": why} for status, why in refusals.items()})
+    health = document["paths"]["/health"]["get"]
+    health["responses"] = {status: {"description": text, "content": {"text/plain": {"schema": {
+        "type": "string", "enum": [text]}}}} for status, text in (("200", "ok"), ("503", "not ready"))}
     if keyed:
-        refusals["401"] = NO_KEY
-    probabilities = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
-                     "minItems": len(meta["classes"]), "maxItems": len(meta["classes"])}
-    prediction = {"type": "object", "required": ["class", "index", "probability", "probabilities", "classes"],
-                  "properties": {
-                      "class": {"type": "string", "enum": list(meta["classes"]), "description": "the predicted class"},
-                      "index": {"type": "integer", "minimum": 0, "maximum": len(meta["classes"]) - 1},
-                      "probability": {"type": "number", "minimum": 0, "maximum": 1},
-                      "probabilities": {**probabilities, "description": "one per class, in the order of `classes`"},
-                      "classes": {"type": "array", "items": {"type": "string"}}}}
-    predict = {
-        "summary": "Classify one image",
-        "description": "The image file goes in the multipart form field `image`, e.g. `curl -F image=@digit.png "
-                       "URL/predict`; it is framed as `python -m mnist_lit classify` frames it.",
-        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["image"],
-            "properties": {"image": {"type": "string", "format": "binary",
-                                     "description": "an image file: PNG, JPEG, GIF, BMP, TIFF, WebP, PGM..."}}}}}},
-        "responses": {"200": {"description": "the class and the probabilities",
-                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}}},
-                      **{status: {**error, "description": why} for status, why in sorted(refusals.items())}},
-    }
-    document = {
-        "openapi": "3.0.3",
-        "info": {"title": f"mnist_lit: {meta.get('tutorial', 'model')}", "version": "1",
-                 "description": "Classify images of digits (or, for a Fashion model, of clothes)."},
-        "paths": {
-            "/predict": {"post": predict},
-            "/health": {"get": {"summary": "Whether the model is loaded in every worker", "security": [],
-                                "responses": {status: {"description": text, "content": {"text/plain": {"schema": {
-                                    "type": "string", "enum": [text]}}}} for status, text in (("200", "ok"),
-                                                                                                ("503", "not ready"))}}},
-            "/info": {"get": {"summary": "The model's metadata and the server's settings", "responses": {
-                "200": {"description": "", "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["model", "server"],
-                    "properties": {"model": {"type": "object"}, "server": {"type": "object"}}}}}},
-                **({"401": {**error, "description": NO_KEY}} if keyed else {})}}},
-        },
-        "components": {"schemas": {
-            "Prediction": prediction,
-            "Error": {"type": "object", "required": ["error"], "additionalProperties": False,
-                      "properties": {"error": {"type": "string", "description": "the reason, one line"}}}}},
-    }
-    if keyed:
+        document["paths"]["/info"]["get"]["responses"]["401"] = {**error, "description": NO_KEY}
         document["components"]["securitySchemes"] = {"key": {"type": "apiKey", "in": "header", "name": KEY_HEADER}}
-        document["security"] = [{"key": []}]
+        document["security"], health["security"] = [{"key": []}], []
     return document
 
 
 def build(model: str, meta: dict[str, Any], max_batch_size: int, batch_timeout: float, workers: int,
           api_key: str | None = None) -> Any:
-    """The LitServer: our API, our page at / in place of LitServe's, our OpenAPI description and Swagger
-    UI, errors as one JSON line, and the gate in front (RequestLimits)."""
+    """The LitServer: our API, the Gate in front, errors as one JSON line, and our OpenAPI description
+    with Swagger UI (FastAPI's own /docs loads Swagger UI from a CDN)."""
     api = DigitAPI(model, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    keyed, html, docs = api_key is not None, page(meta, api_key is not None), docs_page(api_key is not None)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=workers, model_metadata=meta,
-                          disable_openapi_url=True, fast_queue=True)  # ZeroMQ answers
+                          disable_openapi_url=True, fast_queue=True,  # ZeroMQ answers
+                          middlewares=[(Gate, {"api_key": api_key, "page": html, "docs": docs})])
     app = server.app
-    health = next(r.endpoint for r in app.router.routes if getattr(r, "path", None) == "/health")
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in ("/", "/health")]
-
-    async def plain_health(request: Request) -> PlainTextResponse:  # LitServe's answer, with its media type
-        answer = await health(request)
-        return PlainTextResponse(answer.body, status_code=answer.status_code)
-
-    app.add_api_route("/health", plain_health, methods=["GET", "HEAD"], include_in_schema=False)
-    framing_predict(app, meta)
-    keyed = api_key is not None
-    html, docs, schema = page(meta, keyed), docs_page(keyed), openapi(meta, keyed)
-    app.add_api_route("/", lambda: HTMLResponse(html), methods=["GET", "HEAD"], include_in_schema=False)
-    app.add_api_route("/docs", lambda: HTMLResponse(docs), methods=["GET", "HEAD"], include_in_schema=False)
+    schema = openapi(app, meta, keyed)
     app.add_api_route("/openapi.json", lambda: JSONResponse(schema), methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route("/docs", lambda: HTMLResponse(docs), methods=["GET", "HEAD"], include_in_schema=False)
     app.mount(DOCS_ASSETS, StaticFiles(directory=Path(fastapi_offline.__file__).with_name("static")))
     app.add_exception_handler(StarletteHTTPException, error_as_json)
-    app.add_middleware(RequestLimits, api_key=api_key, locked_page=html, locked_docs=docs)
+    app.add_exception_handler(RequestValidationError, error_as_json)
     return server
 
 
@@ -426,11 +370,8 @@ def main(argv: list[str]) -> int:
     if args.api_key is None and args.host != "127.0.0.1":
         print(f"mnist_lit: warning: --host {args.host} without an API key: anyone who can reach port {args.port} "
               f"can use this server; set {KEY_ENV} (or --api-key) to require one", file=sys.stderr, flush=True)
-    if MISSING:
-        raise UserError(f"serving needs the serve extra ({MISSING} is not installed): pip install 'mnist-lit[serve]'")
     _, meta = load_model(args.model)  # a bad model file: one line, before any server starts
     port_free(args.host, args.port)
-    ls.server.LIT_SERVER_API_KEY = None  # RequestLimits checks the key: LitServe's own check would close /health too
     server = build(args.model, meta, args.max_batch_size, args.batch_timeout, args.workers, args.api_key)
     local = "127.0.0.1" if args.host == "0.0.0.0" else "[::1]" if args.host == "::" else args.host
     batching = f"batches of up to {args.max_batch_size}" if args.max_batch_size > 1 else "no batching"
@@ -439,7 +380,7 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=say_when_ready, args=(f"http://{local}:{args.port}/health",), daemon=True).start()
     stop_on_signals()
     # LitServe's HTTP processes, queue manager and broker are forked: each dies with the process that forked it
-    os.register_at_fork(before=note_forking_process, after_in_child=forked)
+    os.register_at_fork(before=note_forking_process, after_in_child=lambda: die_with_parent(FORKING[0]))
     # the objects of torch and the web stack, imported by now, are never garbage: a full collection in the
     # HTTP process would otherwise scan them all, stalling every request under way (docs/benchmarks.md#serving)
     gc.freeze()
@@ -487,11 +428,6 @@ FORKING = [0]  # the process about to fork, noted in it just before
 
 def note_forking_process() -> None:
     FORKING[0] = os.getpid()
-
-
-def forked() -> None:
-    die_with_parent(FORKING[0])
-    torch.set_num_threads(1)  # the HTTP process frames images each in a thread of its own (framing_predict)
 
 
 def die_with_parent(parent: int) -> None:

@@ -1,14 +1,11 @@
 """Serve a model over HTTP with LitServe: a page to draw a digit on, and a JSON API for programs.
 
     python -m mnist_lit serve --model checkpoints/cnn/model.pt      # then open http://127.0.0.1:8000/
-    curl -F image=@digit.png http://127.0.0.1:8000/predict
+    curl -F image=@digit.png http://127.0.0.1:8000/predict       # JSON: class, index, probability, probabilities, classes
 
-POST /predict takes a multipart form with the image file in the field `image`, framed as `classify` frames
-it, and answers JSON (class, index, probability, the ten probabilities and class names), or a 4xx with
-{"error": "<one line>"}; LitServe's dynamic batching groups the requests. GET / is the page (a pad to draw
-on, a photo upload), /health "ok" once every worker is ready, /info the model's metadata, /openapi.json
-and /docs the API's description and Swagger UI. With --api-key (or MNIST_LIT_API_KEY) every route but
-/health needs the header X-API-Key; a browser without it gets a page that asks for it.
+The image is framed as `classify` frames it; a request that cannot be answered gets a 4xx with {"error": "<one
+line>"}. GET / is the page, /health "ok" once every worker is ready, /info the model's metadata, /openapi.json and
+/docs the API's description and Swagger UI. With an API key, every route but /health needs the header X-API-Key.
 """
 
 import argparse
@@ -50,9 +47,8 @@ except ImportError as e:  # `python -m mnist_lit serve` answers this in one line
 
 MAX_BODY = 10 * 1024 * 1024  # bytes in one request; larger ones are answered 413, never kept
 TOO_BIG = f"request body over {MAX_BODY // (1024 * 1024)} MB"
-# A refused request's body is read and dropped, up to this many bytes and seconds, before the answer: a
-# client still sending (Python's do, without waiting for 100-continue) would otherwise find the connection
-# closed under it and see a reset instead of the answer. Beyond these bounds it is closed all the same.
+# A refused request's body is read and dropped, up to this many bytes and seconds, before the answer: a client still
+# sending (Python's do, without waiting for 100-continue) would otherwise see a reset instead of the answer.
 DRAIN_BYTES, DRAIN_SECONDS = 64 * 1024 * 1024, 30
 KEY_ENV = "MNIST_LIT_API_KEY"  # the key from the environment, so that it stays out of `ps`
 KEY_HEADER = "X-API-Key"
@@ -74,14 +70,14 @@ class Prediction(BaseModel):  # POST /predict's answer
 def framed(request: Request, image: Annotated[UploadFile, File(description="an image file: PNG, JPEG, GIF, "
                                                                        "BMP, TIFF, WebP, PGM...")]) -> bytes:
     """POST /predict's request as FastAPI reads it for LitServe: the form's file `image` framed as `classify`
-    frames it (1 x 28 x 28), or refused. FastAPI runs it in its thread pool in the HTTP process: a 9 MP photo
-    being framed holds up no other request, as it would in the inference worker (docs/benchmarks.md#serving)."""
+    frames it (1 x 28 x 28), or refused. FastAPI runs it in its thread pool, in the HTTP process: a 9 MP photo
+    being framed holds up no other request (in the inference worker, its batch and those behind it wait)."""
     data = image.file.read()
     if not data:
         raise HTTPException(400, "the file in the field 'image' is empty")
     try:
-        # its 784 float32 as bytes: a tensor would go to the worker through shared memory, and be formatted
-        # as text for LitServe's debug log line, each taking longer than the framing (docs/benchmarks.md#serving)
+        # its 784 float32 as bytes: a tensor would go to the worker through shared memory (an fd each), and be
+        # formatted as text for LitServe's debug log line, which took longer than the framing (docs/serving.md)
         return classify.frame(request.app.state.meta, io.BytesIO(data)).numpy().tobytes()
     except classify.NotAnImage as e:
         raise HTTPException(415, str(e)) from None
@@ -106,8 +102,7 @@ class DigitAPI(ls.LitAPI):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; the server stops this one
         self.model, self.meta = load_model(self.model_path)
         torch.set_num_threads(1)  # many small requests: one thread each worker, the HTTP side keeps a core
-        # every batch size twice before the first request: TorchScript profiles a new input shape on its
-        # first call and optimises for it on the second, work that should not land on a request
+        # every batch size twice: TorchScript profiles a new input shape on its first call, optimises on the second
         for size in range(2 * self.max_batch_size):
             self.model(torch.zeros(size // 2 + 1, 1, 28, 28))
         gc.freeze()  # as in main: torch's objects are not scanned by the collector
@@ -240,17 +235,16 @@ def openapi(app: Any, meta: dict[str, Any], keyed: bool) -> dict[str, Any]:
     return document
 
 
-def build(model: str, meta: dict[str, Any], max_batch_size: int, batch_timeout: float, workers: int,
-          api_key: str | None = None) -> Any:
+def build(args: argparse.Namespace, meta: dict[str, Any]) -> Any:
     """The LitServer: DigitAPI, the Gate in front, errors as one JSON line, and the OpenAPI description
     with Swagger UI from this server's files (FastAPI's own /docs loads them from a CDN: turned off)."""
-    page, docs = pages(meta, api_key is not None)
-    server = ls.LitServer(DigitAPI(model, max_batch_size, batch_timeout), accelerator="cpu", workers_per_device=workers,
-                          model_metadata=meta, disable_openapi_url=True, fast_queue=True,  # ZeroMQ answers
-                          middlewares=[(Gate, {"api_key": api_key, "page": page, "docs": docs})])
+    page, docs = pages(meta, args.api_key is not None)
+    server = ls.LitServer(DigitAPI(args.model, args.max_batch_size, args.batch_timeout), accelerator="cpu",
+                          workers_per_device=args.workers, model_metadata=meta, disable_openapi_url=True,
+                          fast_queue=True, middlewares=[(Gate, {"api_key": args.api_key, "page": page, "docs": docs})])
     app = server.app
     app.state.meta = meta  # for framed()
-    schema = openapi(app, meta, api_key is not None)
+    schema = openapi(app, meta, args.api_key is not None)
     app.add_api_route("/openapi.json", lambda: schema, methods=["GET", "HEAD"], include_in_schema=False)
     app.mount(DOCS_ASSETS, StaticFiles(directory=Path(fastapi_offline.__file__).with_name("static")))
     app.add_exception_handler(StarletteHTTPException, error_as_json)
@@ -300,7 +294,7 @@ def main(argv: list[str]) -> int:
             probe.bind((args.host, args.port))
         except OSError as e:
             raise UserError(f"port {args.port} on {args.host}: {e.strerror}; choose another with --port") from None
-    server = build(args.model, meta, args.max_batch_size, args.batch_timeout, args.workers, args.api_key)
+    server = build(args, meta)
     local = "127.0.0.1" if args.host == "0.0.0.0" else "[::1]" if args.host == "::" else args.host
     batching = f"batches of up to {args.max_batch_size}" if args.max_batch_size > 1 else "no batching"
     print(f"Serving {args.model} ({meta.get('tutorial', 'model')}, {batching}): open http://{local}:{args.port}/ "
@@ -309,9 +303,9 @@ def main(argv: list[str]) -> int:
     main_pid = os.getpid()
 
     def stop(signum: int, frame: Any) -> None:
-        """SIGTERM (systemd, Kubernetes, `kill`) stops the server as Ctrl-C does: LitServe then stops its
-        processes. Nothing in a process LitServe forked, which keeps this handler: the server stops each in
-        its turn; a SIGTERM to every process (systemd) or Ctrl-C would end them out of order, with tracebacks."""
+        # SIGTERM (systemd, Kubernetes, `kill`) stops the server as Ctrl-C does: LitServe then stops its processes.
+        # Nothing in a process LitServe forked, which keeps this handler: the server stops each in its turn; a
+        # SIGTERM to every process (systemd) or a Ctrl-C would end them out of order, with tracebacks
         if os.getpid() == main_pid:
             raise KeyboardInterrupt
 
@@ -349,7 +343,6 @@ def say_when_ready(health: str) -> None:
             time.sleep(0.2)
 
 
-PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 FORKING = [0]  # the process about to fork, noted in it just before
 
 
@@ -366,5 +359,5 @@ def die_with_parent(parent: int) -> None:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return
-    if prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() != parent:
+    if prctl(1, signal.SIGKILL) == 0 and os.getppid() != parent:  # 1: PR_SET_PDEATHSIG
         os._exit(1)  # the parent ended before the request was made: it would never be delivered

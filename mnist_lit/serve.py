@@ -224,7 +224,9 @@ def openapi(app: Any, meta: dict[str, Any], keyed: bool) -> dict[str, Any]:
                 **({"401": NO_KEY} if keyed else {})}
     refused = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     predict = document["paths"]["/predict"]["post"]
-    predict.update(operationId="predict", summary="Classify one image, framed as `python -m mnist_lit classify` frames it")
+    predict.update(operationId="predict", summary="Classify one image, framed as the classify command frames it")
+    for path, summary in (("/health", "Whether the model is loaded in every worker"), ("/info", "The model and the server")):
+        document["paths"][path]["get"]["summary"] = summary
     predict["responses"].update({status: {**refused, "description": why} for status, why in refusals.items()})
     health = document["paths"]["/health"]["get"]  # LitServe's answer: the text, with no media type
     health["responses"] = {"200": {"description": "ok: the model is loaded in every worker"}, "503": {"description": "not ready"}}

@@ -36,6 +36,7 @@ from mnist_lit.model_files import load_model
 try:
     import fastapi_offline  # Swagger UI's files, served from here: /docs works offline, as the page does
     import litserve as ls
+    import python_multipart  # noqa: F401  (FastAPI reads the form with it, and says so only when the server is built)
     from fastapi import Depends, File, HTTPException, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse

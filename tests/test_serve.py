@@ -348,8 +348,8 @@ def test_every_client_gets_the_413_of_a_body_over_the_limit(client: str, chunked
 
 @pytest.mark.slow
 def test_an_image_over_a_megabyte_is_answered(server: Server):
-    """Starlette would spool an upload over 1 MB to a temporary file, which cannot travel to the inference
-    worker; LitServe keeps uploads in memory, and this checks that it still does."""
+    """An upload over 1 MB, which Starlette may keep in a temporary file rather than in memory, is framed
+    and answered as a small one is."""
     noise = np.random.default_rng(1).integers(200, 256, (1200, 1200)).astype(np.float64)
     noise[300:900, 580:620] = 0  # a bar of ink on grainy paper
     data = png(noise)
@@ -408,7 +408,8 @@ def test_the_worker_answers_each_image_of_a_batch_and_one_alone(models):
 
 @pytest.mark.slow
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server: Server):
-    """Good and bad images at once: LitServe batches them, and a bad one does not fail its batch."""
+    """Good and bad images at once: the bad ones are refused as they are framed, the good ones batched by
+    LitServe, and each request gets its own answer."""
     jobs = [png(stroke_digit()) if i % 3 else b"not an image" for i in range(48)]
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda data: predict(server, data), jobs))

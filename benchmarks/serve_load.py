@@ -2,7 +2,7 @@
 
     python -m benchmarks.serve_load [--model checkpoints/cnn/model.pt] [--clients 1 8 32]
                                     [--servers workers=1 workers=2 api-servers=2] [--photos jpeg png]
-                                    [--requests 3000] [--seconds 10] [--checkout DIR]
+                                    [--requests 3000] [--seconds 10] [--checkout DIR ...] [--rounds 1]
 
 Run it from the repository root, as every benchmark (benchmarks/README.md).
 
@@ -17,7 +17,9 @@ Then the mixed load, for each of `--photos`: 8 connections, one of which posts a
 p50 and p99 (to set beside the plain load's at C = 8) and the photos' own p50.
 
 The clients run in this process (asyncio, raw HTTP/1.1) on the same machine as the server, on loopback.
-`--checkout` measures the server of another checkout of mnist_lit (a git worktree of an older commit).
+`--checkout` measures the server of another checkout of mnist_lit (a copy of an older commit: `git archive`);
+given several, with `--rounds N`, it measures them in turn, N times over, so that a before and an after share
+the machine's ups and downs.
 """
 
 from __future__ import annotations
@@ -185,33 +187,45 @@ def main() -> None:
                         metavar="NAME=VALUE,...", help="server settings to compare, as serve's flags")
     parser.add_argument("--photos", nargs="*", default=["jpeg", "png"], choices=["jpeg", "png"],
                         help="the mixed load's 9 MP photo, as each of these (none: no mixed load)")
-    parser.add_argument("--checkout", type=Path, default=REPO, help="the mnist_lit checkout whose server is measured")
+    parser.add_argument("--checkout", type=Path, nargs="+", default=[REPO],
+                        help="the mnist_lit checkout(s) whose server is measured, in turn")
+    parser.add_argument("--rounds", type=int, default=1, help="times over the checkouts (default 1)")
     args = parser.parse_args()
     if not Path(args.model).is_file():
         raise SystemExit(f"serve_load: {args.model}: no such model file; train one with `make train`")
     photos = {kind: photo(kind) for kind in args.photos}
-    print(f"model {args.model}; server from {args.checkout}; {os.cpu_count()} CPUs; up to {args.requests} requests "
-          f"or {args.seconds:g} s per run; photos: " + ", ".join(f"{k} {len(v) / 1e6:.1f} MB" for k, v in photos.items()))
-    print(f"{'server':<26} {'C':>5} {'answers':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'right':>7}")
-    for setting in args.servers:
-        port = free_port()
-        server = start_server(args.model, port, flags(setting), args.checkout.resolve())
+    print(f"model {args.model}; {os.cpu_count()} CPUs; up to {args.requests} requests or {args.seconds:g} s per "
+          "run; photos: " + ", ".join(f"{k} {len(v) / 1e6:.1f} MB" for k, v in photos.items()))
+    for turn in range(args.rounds):
+        for checkout in args.checkout:
+            print(f"round {turn + 1}: server from {checkout.resolve()} ({time.strftime('%H:%M:%S')}, load average "
+                  f"{os.getloadavg()[0]:.1f})")
+            print(f"{'server':<26} {'C':>5} {'answers':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+                  f"{'right':>7}")
+            for setting in args.servers:
+                measure(args, checkout.resolve(), setting, photos)
+
+
+def measure(args: argparse.Namespace, checkout: Path, setting: str, photos: dict[str, bytes]) -> None:
+    """One server setting of one checkout: the plain loads, then the mixed ones, a row each."""
+    port = free_port()
+    server = start_server(args.model, port, flags(setting), checkout)
+    try:
+        requests = [(request_bytes(png, port), label) for png, label in digits(args.images)]
+        asyncio.run(load(port, requests, 4, 200, 5.0))  # warm-up: first calls, connections, caches
+        for clients in args.clients:
+            print(row(setting, clients, asyncio.run(load(port, requests, clients, args.requests, args.seconds))),
+                  flush=True)
+        for kind, data in photos.items():
+            r = asyncio.run(load(port, requests, 8, args.requests, args.seconds, [(request_bytes(data, port), 1)]))
+            print(row(setting, f"7+1{kind[0]}", r) + f"   ({r['photos']} photos, p50 {r['photo_p50']:.0f} ms)",
+                  flush=True)
+    finally:
+        server.terminate()  # SIGTERM: the server stops its LitServe processes
         try:
-            requests = [(request_bytes(png, port), label) for png, label in digits(args.images)]
-            asyncio.run(load(port, requests, 4, 200, 5.0))  # warm-up: first calls, connections, caches
-            for clients in args.clients:
-                print(row(setting, clients, asyncio.run(load(port, requests, clients, args.requests, args.seconds))),
-                      flush=True)
-            for kind, data in photos.items():
-                r = asyncio.run(load(port, requests, 8, args.requests, args.seconds, [(request_bytes(data, port), 1)]))
-                print(row(setting, f"7+1{kind[0]}", r) + f"   ({r['photos']} photos, p50 {r['photo_p50']:.0f} ms)",
-                      flush=True)
-        finally:
-            server.terminate()  # SIGTERM: the server stops its LitServe processes
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 if __name__ == "__main__":

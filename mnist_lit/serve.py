@@ -1,22 +1,12 @@
 """Serve a model over HTTP with LitServe: a page to draw a digit on, and a JSON API for programs.
 
     python -m mnist_lit serve --model checkpoints/cnn/model.pt      # then open http://127.0.0.1:8000/
-    curl -F image=@digit.png http://127.0.0.1:8000/predict
+    curl -F image=@digit.png http://127.0.0.1:8000/predict       # JSON: class, index, probability, probabilities, classes
 
-    POST /predict  a multipart form with the image file in the field `image` -> JSON: class, index,
-                   probability, the ten probabilities and the ten class names. The image is framed
-                   exactly as `classify` frames it. Requests are grouped by LitServe's dynamic batching.
-                   A bad request gets a 4xx answer with {"error": "<one line>"}.
-    GET  /         the page: a pad to draw on, a photo upload, the prediction and its ten probabilities
-    GET  /health   "ok" once the model is loaded in every worker
-    GET  /info     the model's metadata (tutorial, data set, class names) and the server's settings
-    GET  /openapi.json, /docs   the API's OpenAPI description, and Swagger UI on it (an upload form)
-
-With --api-key (or MNIST_LIT_API_KEY) every route but /health needs the header X-API-Key: without it,
-401 and {"error": ...}; a browser opening / or /docs gets that 401 with a page that asks for the key.
+The image is framed as `classify` frames it; a request that cannot be answered gets a 4xx with {"error": "<one
+line>"}. GET / is the page, /health "ok" once every worker is ready, /info the model's metadata, /openapi.json and
+/docs the API's description and Swagger UI. With an API key, every route but /health needs the header X-API-Key.
 """
-
-from __future__ import annotations
 
 import argparse
 import asyncio
@@ -34,9 +24,8 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
@@ -44,51 +33,64 @@ from mnist_lit import classify
 from mnist_lit.errors import UserError
 from mnist_lit.model_files import load_model
 
+try:
+    import fastapi_offline  # Swagger UI's files, served from here: /docs works offline, as the page does
+    import litserve as ls
+    import python_multipart  # noqa: F401  (FastAPI reads the form with it, and says so only when the server is built)
+    from fastapi import Depends, File, HTTPException, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from pydantic import BaseModel, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as e:  # `python -m mnist_lit serve` answers this in one line
+    raise UserError(f"serving needs the serve extra ({e.name} is not installed): pip install 'mnist-lit[serve]'")
+
 MAX_BODY = 10 * 1024 * 1024  # bytes in one request; larger ones are answered 413, never kept
 TOO_BIG = f"request body over {MAX_BODY // (1024 * 1024)} MB"
-# A refused request's body is read and dropped, up to this many bytes and seconds, before the answer: a
-# client still sending (Python's do, without waiting for 100-continue) would otherwise find the connection
-# closed under it and see a reset instead of the answer. Beyond these bounds it is closed all the same.
-DRAIN_BYTES = 64 * 1024 * 1024
-DRAIN_SECONDS = 30
+# A refused request's body is read and dropped, up to this many bytes and seconds, before the answer: a client still
+# sending (Python's do, without waiting for 100-continue) would otherwise see a reset instead of the answer.
+DRAIN_BYTES, DRAIN_SECONDS = 64 * 1024 * 1024, 30
 KEY_ENV = "MNIST_LIT_API_KEY"  # the key from the environment, so that it stays out of `ps`
 KEY_HEADER = "X-API-Key"
 NO_KEY = f"this server needs its API key in the header {KEY_HEADER}"
-OPEN_PATHS = ("/health",)  # answered without the key: load balancers and probes poll it
 DOCS_ASSETS = "/docs-assets"  # Swagger UI's own files (no data of this server): open, as a browser loads them
 MAX_BATCH = 128  # --max-batch-size at most: each size up to it is run at start-up
-PAGE = Path(__file__).with_name("serve_page.html")
-DOCS = Path(__file__).with_name("serve_docs.html")
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds
 HOW = "send the image file in the multipart form field 'image', e.g. curl -F image=@digit.png URL/predict"
 
 
-@dataclass
-class Refusal:
-    """A request this server cannot answer with a prediction: its HTTP status and the reason, one line."""
-
-    status: int
-    error: str
-
-
-try:
-    import litserve as ls
-    from fastapi import HTTPException, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-    from fastapi.staticfiles import StaticFiles
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-    import python_multipart  # noqa: F401  (starlette reads forms with it)
-    import fastapi_offline  # Swagger UI's files, served from here: /docs works offline, as the page does
-except ImportError as e:  # the `serve` extra is not installed: main() says so in one line
-    ls, MISSING = None, e.name
-else:
-    MISSING = None
+class Prediction(BaseModel):  # POST /predict's answer
+    class_: str = Field(alias="class", description="the predicted class")
+    index: int = Field(ge=0, description="its index in `classes`")
+    probability: float = Field(ge=0, le=1)
+    probabilities: list[float] = Field(description="one per class, in the order of `classes`")
+    classes: list[str]
 
 
-class DigitAPI(ls.LitAPI if ls else object):
-    """One framed image in (framing_predict frames it), its class and probabilities out. Runs in LitServe's
-    inference worker(s)."""
+def framed(request: Request, image: Annotated[UploadFile, File(description="an image file: PNG, JPEG, GIF, "
+                                                                       "BMP, TIFF, WebP, PGM...")]) -> bytes:
+    """POST /predict's request as FastAPI reads it for LitServe: the form's file `image` framed as `classify`
+    frames it (1 x 28 x 28), or refused. FastAPI runs it in its thread pool, in the HTTP process: a 9 MP photo
+    being framed holds up no other request (in the inference worker, its batch and those behind it wait)."""
+    data = image.file.read()
+    if not data:
+        raise HTTPException(400, "the file in the field 'image' is empty")
+    try:
+        # its 784 float32 as bytes: a tensor would go to the worker through shared memory (an fd each), and be
+        # formatted as text for LitServe's debug log line, which took longer than the framing (docs/serving.md)
+        return classify.frame(request.app.state.meta, io.BytesIO(data)).numpy().tobytes()
+    except classify.NotAnImage as e:
+        raise HTTPException(415, str(e)) from None
+    except classify.ImageError as e:
+        raise HTTPException(422, str(e)) from None
+    except Exception as e:  # a bug: this request's 500 in one line, the traceback in the log
+        logging.getLogger(__name__).exception("framing an image failed")
+        raise HTTPException(500, f"the server could not frame this image ({e.__class__.__name__})") from None
+
+
+class DigitAPI(ls.LitAPI):
+    """The model, in LitServe's inference worker(s), on batches of framed images."""
 
     def __init__(self, model: str, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
@@ -101,119 +103,53 @@ class DigitAPI(ls.LitAPI if ls else object):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; the server stops this one
         self.model, self.meta = load_model(self.model_path)
         torch.set_num_threads(1)  # many small requests: one thread each worker, the HTTP side keeps a core
-        # every batch size twice before the first request: TorchScript profiles a new input shape on its
-        # first call and optimises for it on the second, work that should not land on a request
-        for size in range(1, self.max_batch_size + 1):
-            for _ in range(2):
-                self.model(torch.zeros(size, 1, 28, 28))
+        # every batch size twice: TorchScript profiles a new input shape on its first call, optimises on the second
+        for size in range(2 * self.max_batch_size):
+            self.model(torch.zeros(size // 2 + 1, 1, 28, 28))
         gc.freeze()  # as in main: torch's objects are not scanned by the collector
 
-    # no annotation on decode_request's argument or encode_response's result: LitServe reads them as the
-    # endpoint's request and response types
-    def decode_request(self, request):  # noqa: ANN001
-        return request["image"]  # 1 x 28 x 28, framed in the HTTP process (a Refusal is answered there)
+    async def authorize(self) -> None:
+        """Nothing: Gate checks the key, in front of every route. Defined, it takes the place of LitServe's
+        own check of LIT_SERVER_API_KEY, which would close /health too."""
 
-    def batch(self, inputs: list) -> list:
-        return inputs  # images and refusals side by side: predict stacks the images
+    # LitServe builds POST /predict from these two type hints: FastAPI reads and describes the form and the answer
+    def decode_request(self, request: Annotated[bytes, Depends(framed)]) -> torch.Tensor:
+        return torch.frombuffer(bytearray(request), dtype=torch.float32).reshape(1, 28, 28)
 
-    def unbatch(self, outputs: list) -> list:
-        return outputs
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.reshape(-1, 1, 28, 28))  # a batch LitServe stacked (N x 1 x 28 x 28), or one image
 
-    def predict(self, x: Any) -> Any:
-        items = x if isinstance(x, list) else [x]  # a list when batching, one item when not
-        images = [item for item in items if isinstance(item, torch.Tensor)]
-        probs = iter(self.model(torch.stack(images)) if images else [])
-        out = [next(probs) if isinstance(item, torch.Tensor) else item for item in items]
-        return out if isinstance(x, list) else out[0]
-
-    def encode_response(self, output: Any):  # noqa: ANN201
-        if isinstance(output, Refusal):
-            return JSONResponse({"error": output.error}, status_code=output.status)
-        return JSONResponse({**classify.answer(self.meta, output), "classes": self.meta["classes"]})
+    def encode_response(self, output: torch.Tensor) -> Prediction:
+        return {**classify.answer(self.meta, output.reshape(-1)), "classes": self.meta["classes"]}
 
 
-def frame_upload(meta: dict[str, Any], form: Any) -> torch.Tensor | Refusal:
-    """The image in the form's field `image`, framed as `classify` frames it (1 x 28 x 28), or the reason
-    it cannot be. Raises nothing: a bug is this request's 500, and the server goes on."""
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
-        return Refusal(400, f"no image: {HOW}")
-    try:
-        data = upload.file.read()
-        if not data:
-            return Refusal(400, "the file in the field 'image' is empty")
-        return classify.frame(meta, io.BytesIO(data))
-    except classify.NotAnImage as e:
-        return Refusal(415, str(e))
-    except classify.ImageError as e:
-        return Refusal(422, str(e))
-    except Exception as e:
-        logging.getLogger(__name__).exception("framing an image failed")
-        return Refusal(500, f"the server could not frame this image ({e.__class__.__name__})")
+class Gate:
+    """In front of every route, LitServe's too (passed in LitServer's middlewares): the pages at / (where
+    LitServe answers itself) and /docs; the key on every route but /health and Swagger UI's files; the size
+    limit. LitServe's max_payload_size answers mid-body, unread: a client still sending sees a reset."""
 
-
-class Framed:
-    """What LitServe's /predict handler reads of a request, its Content-Type and its form, holding the
-    image framed already: LitServe sends the form on to the inference worker as it is."""
-
-    headers = {"Content-Type": "multipart/form-data"}
-
-    def __init__(self, image: torch.Tensor) -> None:
-        self.image = image
-
-    async def form(self) -> dict[str, torch.Tensor]:
-        return {"image": self.image}
-
-
-def framing_predict(app: Any, meta: dict[str, Any]) -> None:
-    """POST /predict frames its image here, in the HTTP process and in a thread of its own, before
-    LitServe queues it for the inference worker, which then only runs the model: a 9 MP photo being
-    framed holds up no other request (docs/benchmarks.md#serving), and 3 KB travel to the worker, not the file."""
-    route = next(r for r in app.router.routes if getattr(r, "path", None) == "/predict")
-    litserve_predict = route.endpoint
-    app.router.routes.remove(route)
-
-    async def predict(request: Request) -> Response:
-        framed = await run_in_threadpool(frame_upload, meta, await request.form())
-        if isinstance(framed, Refusal):
-            return JSONResponse({"error": framed.error}, status_code=framed.status)
-        return await litserve_predict(Framed(framed))
-
-    app.add_api_route("/predict", predict, methods=["POST"], include_in_schema=False)
-
-
-class RequestLimits:
-    """Answers in one JSON line, before the request reaches LitServe: no API key or the wrong one (401,
-    when the server has a key), a body over MAX_BODY (413) and a POST /predict that is not a multipart
-    form (415; LitServe would read anything else as JSON and fail with 500)."""
-
-    def __init__(self, app: Any, api_key: str | None = None, locked_page: str = "", locked_docs: str = "") -> None:
-        self.app = app
-        self.api_key = api_key.encode() if api_key else None
-        self.locked = {"/": locked_page, "/docs": locked_docs}  # what a browser without the key is shown
+    def __init__(self, app: Any, api_key: str | None = None, page: str = "", docs: str = "") -> None:
+        self.app, self.api_key = app, api_key.encode() if api_key else None
+        self.pages = {"/": page, "/docs": docs}  # with a key, sent to a browser without it too, as a 401
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        path = scope["path"]
-        if self.api_key and not (path in OPEN_PATHS or path.startswith(DOCS_ASSETS + "/")):
-            if not hmac.compare_digest(headers.get(KEY_HEADER.lower().encode(), b""), self.api_key):
-                html = self.locked.get(path) if b"text/html" in headers.get(b"accept", b"") else None
-                answer = HTMLResponse(html, status_code=401) if html else None
-                return await refuse(receive, send, headers, 401, NO_KEY, answer)
-        length = headers.get(b"content-length", b"0").strip()  # not a number: uvicorn has answered 400
-        if length.isdigit() and int(length) > MAX_BODY:
-            return await refuse(receive, send, headers, 413, TOO_BIG)
-        content_type = headers.get(b"content-type", b"").decode("latin-1")
-        media, _, parameters = content_type.partition(";")
-        if path == "/predict" and scope["method"] == "POST":
-            if media.strip().lower() != "multipart/form-data":
-                return await refuse(receive, send, headers, 415,
-                                    f"not a multipart form ({content_type or 'no content type'}): {HOW}")
-            # media types are case-insensitive; LitServe compares them as written
-            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-                     + [(b"content-type", f"multipart/form-data;{parameters}".encode("latin-1"))]}
+        headers, path, answer = dict(scope["headers"]), scope["path"], None
+        length = headers.get(b"content-length", b"").strip()  # not a number: uvicorn has answered 400
+        page = self.pages.get(path) if scope["method"] in ("GET", "HEAD") else None
+        if (self.api_key and path != "/health" and not path.startswith(DOCS_ASSETS + "/")
+                and not hmac.compare_digest(headers.get(KEY_HEADER.lower().encode(), b""), self.api_key)):
+            answer = HTMLResponse(page, 401) if page and b"text/html" in headers.get(b"accept", b"") else error(401, NO_KEY)
+        elif length.isdigit() and int(length) > MAX_BODY:
+            answer = error(413, TOO_BIG)
+        elif page:
+            answer = HTMLResponse(page)
+        if answer:  # refused before the body was read: read and drop it first, or close the connection after
+            expects = b"100-continue" in headers.get(b"expect", b"").lower()  # then it sends none before the answer
+            if expects or (length.isdigit() and int(length) > DRAIN_BYTES) or not await drained(receive):
+                answer.headers["Connection"] = "close"  # uvicorn closes the connection after this answer
+            return await answer(scope, receive, send)
         seen = 0
 
         async def counted() -> dict:  # a body sent in chunks, without a length
@@ -221,42 +157,23 @@ class RequestLimits:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > MAX_BODY:
-                drained = message.get("more_body", False) is False or await drain(receive, seen)
-                raise HTTPException(413, TOO_BIG, headers=None if drained else {"Connection": "close"})
+                drained_too = not message.get("more_body") or await drained(receive, seen)
+                raise HTTPException(413, TOO_BIG, headers=None if drained_too else {"Connection": "close"})
             return message
 
         await self.app(scope, counted, send)
 
 
-async def refuse(receive: Any, send: Any, headers: dict[bytes, bytes], status: int, error: str,
-                 answer: Any = None) -> None:
-    """The answer to a request that is refused before its body was read: sent once the body is read and
-    dropped (DRAIN_BYTES, DRAIN_SECONDS), and then the connection is closed if the body was not all read."""
-    length = headers.get(b"content-length", b"").strip()
-    if b"100-continue" in headers.get(b"expect", b"").lower():
-        drained = False  # the client sends nothing before it has an answer: no body to wait for
-    elif length.isdigit():
-        drained = int(length) == 0 or (int(length) <= DRAIN_BYTES and await drain(receive))
-    else:
-        drained = b"chunked" not in headers.get(b"transfer-encoding", b"").lower() or await drain(receive)
-    answer = answer or JSONResponse({"error": error}, status_code=status)
-    if not drained:
-        answer.headers["Connection"] = "close"  # uvicorn closes the connection after this answer
-    await answer({"type": "http"}, None, send)
-
-
-async def drain(receive: Any, seen: int = 0) -> bool:
+async def drained(receive: Any, seen: int = 0) -> bool:
     """Reads and drops the rest of a request's body: True once all of it came, False when the client went,
     or it was over DRAIN_BYTES or took over DRAIN_SECONDS."""
     async def rest() -> bool:
         nonlocal seen
         while seen <= DRAIN_BYTES:
             message = await receive()
-            if message["type"] != "http.request":
-                return False
             seen += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return True
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return message["type"] == "http.request"
         return False
 
     try:
@@ -265,159 +182,106 @@ async def drain(receive: Any, seen: int = 0) -> bool:
         return False
 
 
-def error_as_json(request: Any, exc: StarletteHTTPException) -> JSONResponse:
-    """Every HTTP error as {"error": "<one line>"}, LitServe's and FastAPI's included."""
-    if exc.status_code == 405 and request.url.path == "/predict":
-        error = f"{request.method} /predict: use POST; {HOW}"
-    elif exc.status_code == 404:
-        error = f"no such path: {request.url.path}"
-    else:
-        error = str(exc.detail).splitlines()[0] if exc.detail else "error"
-    return JSONResponse({"error": error}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+def error(status: int, text: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": text}, status_code=status, headers=headers)
 
 
-def page(meta: dict[str, Any], keyed: bool = False) -> str:
-    """The drawing page, with this model's class names and data set written in; with a key (`keyed`),
-    nothing of the model: the page asks for the key and reads them from /info with it."""
+def error_as_json(request: Any, exc: Exception) -> JSONResponse:
+    """Every HTTP error as {"error": "<one line>"}, LitServe's and FastAPI's too; a POST /predict without a
+    file in `image` (FastAPI's validation of the form) as 400, or as 415 when it is not a multipart form."""
+    kind, path = request.headers.get("content-type", ""), request.url.path
+    if isinstance(exc, RequestValidationError):
+        multipart = kind.partition(";")[0].strip().lower() == "multipart/form-data"
+        return error(400, f"no image: {HOW}") if multipart else error(415, f"not a multipart form ({kind or 'no content type'}): {HOW}")
+    text = (f"{request.method} /predict: use POST; {HOW}" if exc.status_code == 405 and path == "/predict" else
+            f"no such path: {path}" if exc.status_code == 404 else str(exc.detail).splitlines()[0])
+    return error(exc.status_code, text, exc.headers)
+
+
+def pages(meta: dict[str, Any], keyed: bool) -> tuple[str, str]:
+    """The drawing page, with this model's class names and data set written in (with a key, nothing of the
+    model: the page asks for the key and reads them from /info with it), and Swagger UI on /openapi.json."""
     fashion = meta.get("dataset") == "fashion_mnist" and not keyed
-    settings = {"classes": None if keyed else meta["classes"], "fashion": fashion, "key": keyed}
-    title = "Draw a piece of clothing" if fashion else "Draw a digit"
-    return (PAGE.read_text(encoding="utf-8").replace("{{TITLE}}", title)
-            .replace("{{SETTINGS}}", json.dumps(settings).replace("<", "\\u003c")))
+    settings = json.dumps({"classes": None if keyed else meta["classes"], "fashion": fashion, "key": keyed})
+    page, docs = (Path(__file__).with_name(name).read_text(encoding="utf-8") for name in ("serve_page.html", "serve_docs.html"))
+    return (page.replace("{{TITLE}}", "Draw a piece of clothing" if fashion else "Draw a digit")
+            .replace("{{SETTINGS}}", settings.replace("<", "\\u003c")),
+            docs.replace("{{ASSETS}}", DOCS_ASSETS).replace("{{KEYED}}", json.dumps(keyed)))
 
 
-def docs_page(keyed: bool) -> str:
-    """Swagger UI on /openapi.json, from this server's own copy of its files."""
-    return DOCS.read_text(encoding="utf-8").replace("{{ASSETS}}", DOCS_ASSETS).replace("{{KEYED}}", json.dumps(keyed))
-
-
-def openapi(meta: dict[str, Any], keyed: bool) -> dict[str, Any]:
-    """The OpenAPI description of this server's routes, written out: LitServe's own would describe
-    /predict as taking any request and answering anything."""
-    error = {"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    refusals = {"400": "no file in the field `image`, an empty file or a malformed form",
-                "413": TOO_BIG, "415": "not an image format this reads, or not a multipart form",
-                "422": "an image that cannot be classified: truncated, blank, over 50 megapixels, under 8x8"}
+def openapi(app: Any, meta: dict[str, Any], keyed: bool) -> dict[str, Any]:
+    """FastAPI's OpenAPI description of the routes (the form and the answer from DigitAPI's type hints),
+    and what the routes cannot tell it: the refusals, the model's class names, /health's answers, the key."""
+    document = app.openapi()
+    del document["paths"]["/"]  # LitServe's route, which Gate answers with the page for people
+    document["info"].update(title=f"mnist_lit: {meta.get('tutorial', 'model')}", version="1")
+    schemas = document["components"]["schemas"]
+    schemas["Error"] = {"type": "object", "required": ["error"], "additionalProperties": False,
+                        "properties": {"error": {"type": "string", "description": "the reason, one line"}}}
+    schemas["Prediction"]["properties"]["class"]["enum"] = list(meta["classes"])
+    refusals = {"400": "no file in the field `image`, an empty file or a malformed form", "413": TOO_BIG,
+                "415": "not an image format this reads, or not a multipart form",
+                "422": "an image that cannot be classified: truncated, blank, over 50 megapixels, under 8x8",
+                **({"401": NO_KEY} if keyed else {})}
+    refused = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    predict = document["paths"]["/predict"]["post"]
+    predict.update(operationId="predict", summary="Classify one image, framed as the classify command frames it")
+    for path, summary in (("/health", "Whether the model is loaded in every worker"), ("/info", "The model and the server")):
+        document["paths"][path]["get"]["summary"] = summary
+    predict["responses"].update({status: {**refused, "description": why} for status, why in refusals.items()})
+    health = document["paths"]["/health"]["get"]  # LitServe's answer: the text, with no media type
+    health["responses"] = {"200": {"description": "ok: the model is loaded in every worker"}, "503": {"description": "not ready"}}
     if keyed:
-        refusals["401"] = NO_KEY
-    probabilities = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
-                     "minItems": len(meta["classes"]), "maxItems": len(meta["classes"])}
-    prediction = {"type": "object", "required": ["class", "index", "probability", "probabilities", "classes"],
-                  "properties": {
-                      "class": {"type": "string", "enum": list(meta["classes"]), "description": "the predicted class"},
-                      "index": {"type": "integer", "minimum": 0, "maximum": len(meta["classes"]) - 1},
-                      "probability": {"type": "number", "minimum": 0, "maximum": 1},
-                      "probabilities": {**probabilities, "description": "one per class, in the order of `classes`"},
-                      "classes": {"type": "array", "items": {"type": "string"}}}}
-    predict = {
-        "summary": "Classify one image",
-        "description": "The image file goes in the multipart form field `image`, e.g. `curl -F image=@digit.png "
-                       "URL/predict`; it is framed as `python -m mnist_lit classify` frames it.",
-        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["image"],
-            "properties": {"image": {"type": "string", "format": "binary",
-                                     "description": "an image file: PNG, JPEG, GIF, BMP, TIFF, WebP, PGM..."}}}}}},
-        "responses": {"200": {"description": "the class and the probabilities",
-                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}}},
-                      **{status: {**error, "description": why} for status, why in sorted(refusals.items())}},
-    }
-    document = {
-        "openapi": "3.0.3",
-        "info": {"title": f"mnist_lit: {meta.get('tutorial', 'model')}", "version": "1",
-                 "description": "Classify images of digits (or, for a Fashion model, of clothes)."},
-        "paths": {
-            "/predict": {"post": predict},
-            "/health": {"get": {"summary": "Whether the model is loaded in every worker", "security": [],
-                                "responses": {status: {"description": text, "content": {"text/plain": {"schema": {
-                                    "type": "string", "enum": [text]}}}} for status, text in (("200", "ok"),
-                                                                                                ("503", "not ready"))}}},
-            "/info": {"get": {"summary": "The model's metadata and the server's settings", "responses": {
-                "200": {"description": "", "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["model", "server"],
-                    "properties": {"model": {"type": "object"}, "server": {"type": "object"}}}}}},
-                **({"401": {**error, "description": NO_KEY}} if keyed else {})}}},
-        },
-        "components": {"schemas": {
-            "Prediction": prediction,
-            "Error": {"type": "object", "required": ["error"], "additionalProperties": False,
-                      "properties": {"error": {"type": "string", "description": "the reason, one line"}}}}},
-    }
-    if keyed:
+        document["paths"]["/info"]["get"]["responses"]["401"] = {**refused, "description": NO_KEY}
         document["components"]["securitySchemes"] = {"key": {"type": "apiKey", "in": "header", "name": KEY_HEADER}}
-        document["security"] = [{"key": []}]
+        document["security"], health["security"] = [{"key": []}], []
     return document
 
 
-def build(model: str, meta: dict[str, Any], max_batch_size: int, batch_timeout: float, workers: int,
-          api_key: str | None = None) -> Any:
-    """The LitServer: our API, our page at / in place of LitServe's, our OpenAPI description and Swagger
-    UI, errors as one JSON line, and the gate in front (RequestLimits)."""
-    api = DigitAPI(model, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=workers, model_metadata=meta,
-                          disable_openapi_url=True, fast_queue=True)  # ZeroMQ answers
+def build(args: argparse.Namespace, meta: dict[str, Any]) -> Any:
+    """The LitServer: DigitAPI, the Gate in front, errors as one JSON line, and the OpenAPI description
+    with Swagger UI from this server's files (FastAPI's own /docs loads them from a CDN: turned off)."""
+    page, docs = pages(meta, args.api_key is not None)
+    server = ls.LitServer(DigitAPI(args.model, args.max_batch_size, args.batch_timeout), accelerator="cpu",
+                          workers_per_device=args.workers, model_metadata=meta, disable_openapi_url=True,
+                          fast_queue=True, middlewares=[(Gate, {"api_key": args.api_key, "page": page, "docs": docs})])
     app = server.app
-    health = next(r.endpoint for r in app.router.routes if getattr(r, "path", None) == "/health")
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in ("/", "/health")]
-
-    async def plain_health(request: Request) -> PlainTextResponse:  # LitServe's answer, with its media type
-        answer = await health(request)
-        return PlainTextResponse(answer.body, status_code=answer.status_code)
-
-    app.add_api_route("/health", plain_health, methods=["GET", "HEAD"], include_in_schema=False)
-    framing_predict(app, meta)
-    keyed = api_key is not None
-    html, docs, schema = page(meta, keyed), docs_page(keyed), openapi(meta, keyed)
-    app.add_api_route("/", lambda: HTMLResponse(html), methods=["GET", "HEAD"], include_in_schema=False)
-    app.add_api_route("/docs", lambda: HTMLResponse(docs), methods=["GET", "HEAD"], include_in_schema=False)
-    app.add_api_route("/openapi.json", lambda: JSONResponse(schema), methods=["GET", "HEAD"], include_in_schema=False)
+    app.state.meta = meta  # for framed()
+    schema = openapi(app, meta, args.api_key is not None)
+    app.add_api_route("/openapi.json", lambda: schema, methods=["GET", "HEAD"], include_in_schema=False)
     app.mount(DOCS_ASSETS, StaticFiles(directory=Path(fastapi_offline.__file__).with_name("static")))
     app.add_exception_handler(StarletteHTTPException, error_as_json)
-    app.add_middleware(RequestLimits, api_key=api_key, locked_page=html, locked_docs=docs)
+    app.add_exception_handler(RequestValidationError, error_as_json)
     return server
-
-
-def port_free(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as e:
-            raise UserError(f"port {port} on {host}: {e.strerror}; choose another with --port") from None
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mnist_lit serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a .ckpt, .pt (TorchScript), .pt2, .onnx or .pte (ExecuTorch) model file")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on: 127.0.0.1 (this machine only, the default), 0.0.0.0 or ::")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on, 1024 to 65535 (default 8000)")
-    parser.add_argument("--max-batch-size", type=int, default=16,
-                        help=f"requests grouped into one model call by LitServe's dynamic batching, up to {MAX_BATCH}; 1: off")
-    parser.add_argument("--batch-timeout", type=float, default=0.001,
-                        help="seconds a batch waits to fill up (default 0.001)")
-    parser.add_argument("--workers", type=int, default=1, help="inference worker processes (default 1)")
-    parser.add_argument("--api-servers", type=int, default=1,
-                        help="HTTP processes, which also frame the images (LitServe's num_api_servers; default 1)")
-    parser.add_argument("--api-key", metavar="KEY", default=os.environ.get(KEY_ENV) or os.environ.get("LIT_SERVER_API_KEY"),
-                        help=f"every route but /health then needs the header {KEY_HEADER}: KEY; better given in "
-                             f"the environment variable {KEY_ENV} (or LitServe's LIT_SERVER_API_KEY), which `ps` does not show")
+    add = parser.add_argument
+    add("--model", required=True, help="a .ckpt, .pt (TorchScript), .pt2, .onnx or .pte (ExecuTorch) model file")
+    add("--host", default="127.0.0.1", help="address to listen on: 127.0.0.1 (this machine only, the default), 0.0.0.0 or ::")
+    add("--port", type=int, default=8000, help="port to listen on, 1024 to 65535 (default 8000)")
+    add("--max-batch-size", type=int, default=16,
+        help=f"requests grouped into one model call by LitServe's dynamic batching, up to {MAX_BATCH}; 1: off")
+    add("--batch-timeout", type=float, default=0.001, help="seconds a batch waits to fill up (default 0.001)")
+    add("--workers", type=int, default=1, help="inference worker processes (default 1)")
+    add("--api-servers", type=int, default=1, help="HTTP processes, which also frame the images (LitServe's num_api_servers; default 1)")
+    add("--api-key", metavar="KEY", default=os.environ.get(KEY_ENV) or os.environ.get("LIT_SERVER_API_KEY"),
+        help=f"every route but /health then needs the header {KEY_HEADER}: KEY; better given in the environment "
+             f"variable {KEY_ENV} (or LitServe's LIT_SERVER_API_KEY), which `ps` does not show")
     args = parser.parse_args(argv)
-    if args.host not in HOSTS:
-        raise UserError(f"--host {args.host}: LitServe listens on one of {', '.join(HOSTS)}")
-    if not 1024 <= args.port <= 65535:
-        raise UserError(f"--port {args.port}: choose a port from 1024 to 65535")
-    if not 1 <= args.max_batch_size <= MAX_BATCH:
-        raise UserError(f"--max-batch-size {args.max_batch_size}: give 1 (no batching) to {MAX_BATCH}")
-    if args.workers < 1:
-        raise UserError(f"--workers {args.workers}: give 1 or more")
-    if args.api_servers < 1:
-        raise UserError(f"--api-servers {args.api_servers}: give 1 or more")
-    if not 0 <= args.batch_timeout <= 10:
-        raise UserError(f"--batch-timeout {args.batch_timeout}: give seconds from 0 to 10")
-    if args.api_key is not None and (not args.api_key.strip() or not args.api_key.isascii()
-                                     or not args.api_key.isprintable()):
-        raise UserError(f"--api-key (or {KEY_ENV}): give a key of printable ASCII characters, not empty")
+    key = args.api_key
+    for bad, message in (
+            (args.host not in HOSTS, f"--host {args.host}: LitServe listens on one of {', '.join(HOSTS)}"),
+            (not 1024 <= args.port <= 65535, f"--port {args.port}: choose a port from 1024 to 65535"),
+            (not 1 <= args.max_batch_size <= MAX_BATCH, f"--max-batch-size {args.max_batch_size}: give 1 (no batching) to {MAX_BATCH}"),
+            (args.workers < 1, f"--workers {args.workers}: give 1 or more"),
+            (args.api_servers < 1, f"--api-servers {args.api_servers}: give 1 or more"),
+            (not 0 <= args.batch_timeout <= 10, f"--batch-timeout {args.batch_timeout}: give seconds from 0 to 10"),
+            (key is not None and not (key.strip() and key.isascii() and key.isprintable()),
+             f"--api-key (or {KEY_ENV}): give a key of printable ASCII characters, not empty")):
+        if bad:
+            raise UserError(message)
     return args
 
 
@@ -426,20 +290,32 @@ def main(argv: list[str]) -> int:
     if args.api_key is None and args.host != "127.0.0.1":
         print(f"mnist_lit: warning: --host {args.host} without an API key: anyone who can reach port {args.port} "
               f"can use this server; set {KEY_ENV} (or --api-key) to require one", file=sys.stderr, flush=True)
-    if MISSING:
-        raise UserError(f"serving needs the serve extra ({MISSING} is not installed): pip install 'mnist-lit[serve]'")
     _, meta = load_model(args.model)  # a bad model file: one line, before any server starts
-    port_free(args.host, args.port)
-    ls.server.LIT_SERVER_API_KEY = None  # RequestLimits checks the key: LitServe's own check would close /health too
-    server = build(args.model, meta, args.max_batch_size, args.batch_timeout, args.workers, args.api_key)
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:  # uvicorn would exit
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as e:
+            raise UserError(f"port {args.port} on {args.host}: {e.strerror}; choose another with --port") from None
+    server = build(args, meta)
     local = "127.0.0.1" if args.host == "0.0.0.0" else "[::1]" if args.host == "::" else args.host
     batching = f"batches of up to {args.max_batch_size}" if args.max_batch_size > 1 else "no batching"
     print(f"Serving {args.model} ({meta.get('tutorial', 'model')}, {batching}): open http://{local}:{args.port}/ "
           f"to draw, or POST images to http://{local}:{args.port}/predict. Ctrl-C stops.", flush=True)
     threading.Thread(target=say_when_ready, args=(f"http://{local}:{args.port}/health",), daemon=True).start()
-    stop_on_signals()
+    main_pid = os.getpid()
+
+    def stop(signum: int, frame: Any) -> None:
+        # SIGTERM (systemd, Kubernetes, `kill`) stops the server as Ctrl-C does: LitServe then stops its processes.
+        # Nothing in a process LitServe forked, which keeps this handler: the server stops each in its turn; a
+        # SIGTERM to every process (systemd) or a Ctrl-C would end them out of order, with tracebacks
+        if os.getpid() == main_pid:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     # LitServe's HTTP processes, queue manager and broker are forked: each dies with the process that forked it
-    os.register_at_fork(before=note_forking_process, after_in_child=forked)
+    os.register_at_fork(before=lambda: FORKING.__setitem__(0, os.getpid()), after_in_child=forked)
     # the objects of torch and the web stack, imported by now, are never garbage: a full collection in the
     # HTTP process would otherwise scan them all, stalling every request under way (docs/benchmarks.md#serving)
     gc.freeze()
@@ -450,48 +326,32 @@ def main(argv: list[str]) -> int:
         pass
     except RuntimeError as e:  # LitServe's word that a worker could not start
         raise UserError(f"the server could not start: {e}") from None
-    finally:
-        stop_children()
+    finally:  # whatever LitServe started and did not stop (it was stopped while starting)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # no second interruption of the clean-up
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for child in multiprocessing.active_children():
+            child.terminate()
+            child.join(5)
+            child.kill()
     print("Server stopped.", flush=True)
     return 0
 
 
-def say_when_ready(health: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def say_when_ready(health: str) -> None:
+    while True:
         try:
             if urllib.request.urlopen(health, timeout=2).status == 200:
-                print("Ready.", flush=True)
-                return
+                return print("Ready.", flush=True)
         except OSError:
-            pass
-        time.sleep(0.2)
+            time.sleep(0.2)
 
 
-def stop_children() -> None:
-    """Whatever LitServe started and did not stop (it was stopped while starting): stopped now."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # no second interruption of the clean-up
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    children = multiprocessing.active_children()
-    for child in children:
-        child.terminate()
-    for child in children:
-        child.join(5)
-        if child.is_alive():
-            child.kill()
-
-
-PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 FORKING = [0]  # the process about to fork, noted in it just before
-
-
-def note_forking_process() -> None:
-    FORKING[0] = os.getpid()
 
 
 def forked() -> None:
     die_with_parent(FORKING[0])
-    torch.set_num_threads(1)  # the HTTP process frames images each in a thread of its own (framing_predict)
+    torch.set_num_threads(1)  # the HTTP process frames images each in a thread of its own (framed)
 
 
 def die_with_parent(parent: int) -> None:
@@ -502,22 +362,5 @@ def die_with_parent(parent: int) -> None:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return
-    if prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() != parent:
+    if prctl(1, signal.SIGKILL) == 0 and os.getppid() != parent:  # 1: PR_SET_PDEATHSIG
         os._exit(1)  # the parent ended before the request was made: it would never be delivered
-
-
-def stop_on_signals() -> None:
-    """SIGTERM (systemd, Kubernetes, `kill`) shuts the server down as Ctrl-C does: LitServe then stops its
-    HTTP and inference processes. By default only this process would die, and they would go on serving."""
-    main_pid = os.getpid()
-
-    def handler(signum: int, frame: Any) -> None:
-        # In a process LitServe forked, which keeps this handler (its queue manager, and its HTTP process,
-        # where uvicorn raises the signal again once it has stopped): nothing; the server process stops each
-        # in its turn. A SIGTERM to every process, as systemd sends, or a terminal's Ctrl-C, would otherwise
-        # end them out of order: a dead queue under the inference worker, tracebacks
-        if os.getpid() == main_pid:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)

@@ -348,8 +348,8 @@ def test_every_client_gets_the_413_of_a_body_over_the_limit(client: str, chunked
 
 @pytest.mark.slow
 def test_an_image_over_a_megabyte_is_answered(server: Server):
-    """Starlette would spool an upload over 1 MB to a temporary file, which cannot travel to the inference
-    worker; LitServe keeps uploads in memory, and this checks that it still does."""
+    """An upload over 1 MB, which Starlette may keep in a temporary file rather than in memory, is framed
+    and answered as a small one is."""
     noise = np.random.default_rng(1).integers(200, 256, (1200, 1200)).astype(np.float64)
     noise[300:900, 580:620] = 0  # a bar of ink on grainy paper
     data = png(noise)
@@ -373,15 +373,16 @@ def test_a_9_mp_photo_is_framed_from_about_1_mp_as_its_smaller_copy_is(fmt: str)
 
 
 @pytest.mark.slow
-def test_one_batch_of_good_and_bad_images_answers_each_on_its_own(models):
-    """The HTTP process frames each image (frame_upload); LitServe hands a batch's requests to decode_request
-    one by one, then batch, predict, unbatch and encode_response: here with a good image, a bad one and a
-    good one, in this process."""
-    from starlette.datastructures import FormData, UploadFile
+def test_the_worker_answers_each_image_of_a_batch_and_one_alone(models):
+    """In the HTTP process FastAPI frames each upload (framed: a bad one is refused there); the inference
+    worker gets the framed images, as a batch (decode_request one by one, then batch, predict, unbatch,
+    encode_response) or, with --max-batch-size 1, one at a time. Here both, in this process."""
+    from fastapi import FastAPI, HTTPException, Request, UploadFile
 
-    from mnist_lit.serve import DigitAPI, frame_upload
+    from mnist_lit.serve import DigitAPI, framed
 
     api = DigitAPI(str(models["dense512"]), max_batch_size=4)
+    api.pre_setup()  # as LitServer does: LitServe's own unbatch
     threads, sigint = torch.get_num_threads(), signal.getsignal(signal.SIGINT)
     try:
         api.setup("cpu")  # a worker's setup: one thread, Ctrl-C left to the server, frozen objects
@@ -389,21 +390,26 @@ def test_one_batch_of_good_and_bad_images_answers_each_on_its_own(models):
         torch.set_num_threads(threads)
         signal.signal(signal.SIGINT, sigint)
         gc.unfreeze()
-    uploads = [png(stroke_digit()), b"not an image", png(255 - stroke_digit())]
-    requests = [{"image": frame_upload(api.meta, FormData([("image", UploadFile(io.BytesIO(data), filename="x.png"))]))}
-                for data in uploads]
-    outputs = api.unbatch(api.predict(api.batch([api.decode_request(r) for r in requests])))
-    answers = [api.encode_response(output) for output in outputs]
-    assert [a.status_code for a in answers] == [200, 415, 200]
-    good = json.loads(answers[0].body)
-    assert good["class"] == "1" and json.loads(answers[1].body) == {
-        "error": "not an image format this reads (PNG, JPEG, GIF, BMP, TIFF, WebP, PGM...)"}
-    assert json.loads(answers[2].body)["probabilities"] == pytest.approx(good["probabilities"], abs=1e-6)  # inverted
+    app = FastAPI()
+    app.state.meta = api.meta
+    request = Request({"type": "http", "app": app, "headers": []})
+    upload = lambda data: UploadFile(io.BytesIO(data), filename="x.png")  # noqa: E731
+    images = [framed(request, upload(png(stroke_digit()))), framed(request, upload(png(255 - stroke_digit())))]
+    answers = [api.encode_response(y) for y in api.unbatch(api.predict(api.batch([api.decode_request(x) for x in images])))]
+    assert answers[0]["class"] == "1" and answers[0]["classes"] == [str(d) for d in range(10)]
+    assert answers[1]["probabilities"] == pytest.approx(answers[0]["probabilities"], abs=1e-6)  # inverted
+    alone = api.encode_response(api.predict(api.decode_request(images[0])))
+    assert alone["probabilities"] == pytest.approx(answers[0]["probabilities"], abs=1e-6)
+    with pytest.raises(HTTPException) as refused:
+        framed(request, upload(b"not an image"))
+    assert (refused.value.status_code, refused.value.detail) == (
+        415, "not an image format this reads (PNG, JPEG, GIF, BMP, TIFF, WebP, PGM...)")
 
 
 @pytest.mark.slow
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server: Server):
-    """Good and bad images at once: LitServe batches them, and a bad one does not fail its batch."""
+    """Good and bad images at once: the bad ones are refused as they are framed, the good ones batched by
+    LitServe, and each request gets its own answer."""
     jobs = [png(stroke_digit()) if i % 3 else b"not an image" for i in range(48)]
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda data: predict(server, data), jobs))
@@ -483,10 +489,13 @@ def test_the_openapi_description_of_predict(server: Server):
     status, schema = request(server, "GET", "/openapi.json")
     assert status == 200 and "securitySchemes" not in schema.get("components", {})
     post = schema["paths"]["/predict"]["post"]
-    field = post["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert field["required"] == ["image"] and field["properties"]["image"] == {**field["properties"]["image"],
-                                                                               "type": "string", "format": "binary"}
+    form = post["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]
+    field = schema["components"]["schemas"][form]
+    assert field["required"] == ["image"] and field["properties"]["image"]["type"] == "string"
+    assert field["properties"]["image"]["contentMediaType"] == "application/octet-stream"  # a file (OpenAPI 3.1)
     assert sorted(post["responses"]) == ["200", "400", "413", "415", "422"]
+    assert sorted(schema["paths"]["/health"]["get"]["responses"]) == ["200", "503"]
+    assert "/" not in schema["paths"]  # the page, not the API
     assert schema["components"]["schemas"]["Prediction"]["properties"]["class"]["enum"] == [str(d) for d in range(10)]
     status, html = request(server, "GET", "/docs")
     assert status == 200 and "/docs-assets/swagger-ui-bundle.js" in html and "http" not in html  # no CDN
@@ -740,8 +749,8 @@ def test_the_docs_page_uploads_an_image(server: Server, tmp_path: Path):
     driver = chromium()
     try:
         driver.get(server.url + "/docs")
-        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#operations-default-post_predict"))
-        driver.find_element(By.CSS_SELECTOR, "#operations-default-post_predict .opblock-summary").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#operations-default-predict"))
+        driver.find_element(By.CSS_SELECTOR, "#operations-default-predict .opblock-summary").click()
         upload = WebDriverWait(driver, 20).until(lambda d: d.find_element(By.CSS_SELECTOR, "input[type=file]"))
         upload.send_keys(str(tmp_path / "one.png"))
         driver.find_element(By.CSS_SELECTOR, "button.execute").click()

@@ -26,7 +26,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mnist_lit import atomic
 from mnist_lit.errors import UserError
@@ -291,36 +291,22 @@ class Stop:
         with contextlib.suppress(AttributeError, RuntimeError):  # no study yet, or outside `optimize`: the
             self.study.stop()                                    # worker reads `asked` before it starts one
 
-    @property
-    def code(self) -> int:
-        return 0 if self.asked is None else 143 if self.asked == "SIGTERM" else 1
 
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Only the trial lines: Lightning's start-up lines and Optuna's own log (the trial lines say the same)
-    are left out, and put back afterwards for a caller in the same process."""
+def quiet() -> None:
+    """Only the trial lines, in this process: Lightning's start-up lines and Optuna's own log (the trial lines
+    say the same) are left out."""
     import optuna
 
     from mnist_lit.callbacks import quiet_lightning
 
     quiet_lightning()
-    loggers = {name: logging.getLogger(name).level for name in ("lightning.pytorch", "lightning.fabric", "lightning")}
-    verbosity = optuna.logging.get_verbosity()
-    for name in loggers:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    with warnings.catch_warnings():
-        # the heartbeat, its retry callback and the matplotlib figures are marked experimental
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        # every trial builds the fit's MnistCLI from its own list of flags, on purpose
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        try:
-            yield
-        finally:
-            for name, level in loggers.items():
-                logging.getLogger(name).setLevel(level)
-            optuna.logging.set_verbosity(verbosity)
+    # the heartbeat, its retry callback and the figures are marked experimental; every trial builds the fit's
+    # MnistCLI from its own list of flags, on purpose
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
 
 def build(config: str, fit_args: list[str], out: str, extra: list[str], callbacks: list[Any] | None = None) -> Any:
@@ -440,27 +426,26 @@ def search(study: Any, settings: Settings, share: int, stop: Stop) -> None:
                        catch=(Interrupted,))
 
 
-@contextlib.contextmanager
-def cpu_share(workers: int) -> Iterator[None]:
-    """torch's threads split between the workers of one machine (unless OMP_NUM_THREADS says otherwise)."""
+def share_cpu(workers: int) -> int:
+    """torch's threads split between the workers of one machine (unless OMP_NUM_THREADS says otherwise); the
+    number before."""
     import torch
 
     before = torch.get_num_threads()
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return before
 
 
 def worker_process(settings: Settings, index: int, share: int) -> None:
     """Worker `index` of `--workers K`, in a process of its own (multiprocessing's spawn)."""
+    quiet()
+    share_cpu(settings.workers)
     code = 1
     try:
-        with quiet(), cpu_share(settings.workers), Stop() as stop:
+        with Stop() as stop:
             search(load(settings, index), settings, share, stop)
-        code = stop.code
+        code = 143 if stop.asked == "SIGTERM" else 1 if stop.asked else 0
     except UserError as e:
         print(f"mnist_lit: error: {e}", file=sys.stderr, flush=True)
     sys.stdout.flush()
@@ -487,13 +472,16 @@ def left_by_killed(study: Any, settings: Settings) -> int:
 def run_workers(settings: Settings) -> int:
     """The command's own process is worker 0; workers 1..K-1 are processes it starts, each with its share of
     the trials. When one is killed, this one runs what it left. 0, 143 after a SIGTERM, 1 when one failed."""
+    import torch
+
     ctx = multiprocessing.get_context("spawn")
     shares = [settings.trials // settings.workers + (i < settings.trials % settings.workers)
               for i in range(settings.workers)]
     children = [ctx.Process(target=worker_process, args=(settings, i, shares[i])) for i in range(1, settings.workers)]
     for child in children:
         child.start()
-    with cpu_share(settings.workers), Stop(children) as stop:
+    threads = share_cpu(settings.workers)
+    with Stop(children) as stop:
         try:
             study = load(settings, 0)
             search(study, settings, shares[0], stop)
@@ -503,13 +491,15 @@ def run_workers(settings: Settings) -> int:
         finally:
             for child in children:
                 child.join()
+            torch.set_num_threads(threads)
         killed = [c.exitcode for c in children if c.exitcode < 0 and c.exitcode != -signal.SIGTERM]
         if killed and not stop.asked:
             print(f"A worker was killed (signal {-killed[0]}): this one runs its trial under way again once Optuna "
                   f"finds it stale ({3 * settings.heartbeat}s without a heartbeat), and the trials it had not started",
                   flush=True)
             search(study, settings, left_by_killed(study, settings), stop)
-    codes = [stop.code, *(c.exitcode for c in children if c.exitcode not in killed)]
+    codes = [143 if stop.asked == "SIGTERM" else 1 if stop.asked else 0, *(c.exitcode for c in children
+                                                                           if c.exitcode not in killed)]
     return 143 if 143 in codes else 0 if not any(codes) else 1
 
 
@@ -534,9 +524,9 @@ def best_config(settings: Settings, probe: Any, best: Any, val_size: int, tutori
 
 
 def figures(study: Any, out: Path) -> list[Path]:
-    """Optuna's own figures: each trial's score and the best so far; how much each hyperparameter mattered
-    (PED-ANOVA, Optuna's default evaluator, named here so that the title can say it); the score against each
-    hyperparameter."""
+    """Optuna's own figures: each trial's score and the best so far; the score against each hyperparameter; how
+    much each hyperparameter mattered, by fANOVA over every trial (Optuna's default, PED-ANOVA, looks among the
+    best trials only: on KerasTuner's space, where those all have lr 1e-3, it gives lr 1%; docs/tuning.md)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -544,7 +534,7 @@ def figures(study: Any, out: Path) -> list[Path]:
     import optuna
     from optuna.visualization import matplotlib as plots
 
-    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     paths = []
     for name, draw in (("history", plots.plot_optimization_history), ("slices", plots.plot_slice),
                        ("importances", lambda s, **kw: plots.plot_param_importances(s, evaluator=evaluator, **kw))):
@@ -555,7 +545,7 @@ def figures(study: Any, out: Path) -> list[Path]:
             except (ValueError, RuntimeError):  # importances of a single finished trial, or of equal scores
                 continue
         if name == "importances":
-            first.set_title("Hyperparameter importances (PED-ANOVA)", loc="left")  # Optuna's title, with its method
+            first.set_title("Hyperparameter importances (fANOVA)", loc="left")  # Optuna's title, with its method
         atomic.write_bytes_from(out / f"{name}.png", lambda f: first.figure.savefig(f, format="png", dpi=110,
                                                                                     bbox_inches="tight"))
         plt.close(first.figure)
@@ -575,7 +565,7 @@ def finish(settings: Settings, probe: Any, study: Any, val_size: int, tutorial: 
                "value": METRIC, "duration": "seconds", "system_attrs_failed_trial": "retry_of", "user_attrs_note": "note"}
     frame = frame.reindex(columns=list(columns)).rename(columns=columns)
     frame["seconds"] = frame["seconds"].dt.total_seconds().round(1)
-    frame[METRIC] = frame[METRIC].round(4)
+    frame[METRIC] = frame[METRIC].map("{:.4f}".format).replace("nan", None)
     frame["retry_of"] = frame["retry_of"].astype("Int64")  # RetryHeartbeatStaleTrialCallback's record
     print(f"\nAll trials of study {settings.study!r} ({describe_url(settings.storage)}):", flush=True)
     print(frame.astype(object).fillna("-").to_string(index=False), flush=True)
@@ -659,15 +649,15 @@ def check_values(probe: Any, config: str, fit_args: list[str], space: list[Param
 def main(argv: list[str]) -> int:
     opts, fit_args = split_args(argv)
     missing = []
-    for module in ("optuna", "optuna_integration", "pandas"):
+    for module in ("optuna", "optuna_integration", "pandas", "sklearn"):
         try:
             __import__(module)
         except ImportError:
             missing.append(module)
     if missing:
         raise UserError(f"tune needs {' and '.join(missing)}: pip install -e '.[tune]' (make test installs it)")
-    with quiet():
-        return tune(opts, fit_args)
+    quiet()
+    return tune(opts, fit_args)
 
 
 def tune(opts: argparse.Namespace, fit_args: list[str]) -> int:

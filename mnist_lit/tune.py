@@ -198,8 +198,8 @@ def open_storage(url: str, heartbeat: int = 10) -> Any:
                 url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY))
         except Exception as e:  # sqlalchemy's errors, a missing driver (ImportError), a bad URL
-            if attempt < 4 and ("already exists" in str(e) or "duplicate key" in str(e)):
-                time.sleep(0.5 * (attempt + 1))  # two machines created Optuna's tables at once: the other won
+            if attempt < 4 and any(race in str(e) for race in ("already exists", "duplicate key", "UNIQUE constraint")):
+                time.sleep(0.5 * (attempt + 1))  # two processes made Optuna's tables at once: the other won
                 continue
             reason = getattr(e, "orig", None) or e
             text = " ".join(str(reason).split()) or type(reason).__name__
@@ -494,8 +494,9 @@ def run_workers(settings: Settings) -> int:
             torch.set_num_threads(threads)
         killed = [c.exitcode for c in children if c.exitcode < 0 and c.exitcode != -signal.SIGTERM]
         if killed and not stop.asked:
-            print(f"A worker was killed (signal {-killed[0]}): this one runs its trial under way again once Optuna "
-                  f"finds it stale ({3 * settings.heartbeat}s without a heartbeat), and the trials it had not started",
+            lost = ("stays RUNNING (a journal file has no heartbeat)" if settings.storage.startswith("journal:") else
+                    f"runs again here once Optuna finds it stale ({3 * settings.heartbeat}s without a heartbeat)")
+            print(f"A worker was killed (signal {-killed[0]}): its trial under way {lost}, then the trials it left",
                   flush=True)
             search(study, settings, left_by_killed(study, settings), stop)
     codes = [143 if stop.asked == "SIGTERM" else 1 if stop.asked else 0, *(c.exitcode for c in children

@@ -317,14 +317,23 @@ def test_sigterm_mid_trial_keeps_the_finished_ones_and_marks_the_interrupted_one
     assert signal.getsignal(signal.SIGTERM) is not None
 
 
-def running_elsewhere(url: str, pid: int) -> list:
-    """Trials under way in a process other than `pid` (each trial records its worker's host:pid); none while
-    the command is still making its study."""
-    try:
-        running = load(url).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    except Exception:  # no study yet, or Optuna's tables half made
-        return []
-    return [t for t in running if int(t.user_attrs.get("worker", ":0").rsplit(":", 1)[1]) not in (0, pid)]
+def kill_mid_trial(url: str, pid: int, number: int | None = None) -> int:
+    """SIGKILL the process running a trial (trial `number`, or any) other than process `pid` (each trial
+    records its worker's host:pid), once there is one: its pid, or 0 after 3 minutes."""
+    study, deadline = None, time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            study = study or load(url)  # one connection, not one per look: SQLite's lock is shared with the workers
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        except Exception:  # no study yet, or Optuna's tables half made
+            running = []
+        for t in running:
+            worker = int(t.user_attrs.get("worker", ":0").rsplit(":", 1)[1])
+            if worker not in (0, pid) and number in (None, t.number):
+                os.kill(worker, signal.SIGKILL)
+                return worker
+        time.sleep(0.2)
+    return 0
 
 
 def assert_made_whole(url: str, asked: int) -> None:
@@ -336,7 +345,8 @@ def assert_made_whole(url: str, asked: int) -> None:
     failed = [t.number for t in study.trials if t.state.name == "FAIL"]
     assert len(failed) == 1, states
     retries = [t for t in fitted(study) if t.system_attrs.get("failed_trial") == failed[0]]
-    assert len(retries) == 1 and retries[0].params == study.trials[failed[0]].params
+    assert len(retries) == 1 and retries[0].params == study.trials[failed[0]].params, [
+        (t.number, t.state.name, t.params, t.user_attrs, t.system_attrs) for t in study.trials]
     assert len(fitted(study)) == asked
 
 
@@ -348,23 +358,13 @@ def test_a_killed_worker_s_trial_is_run_again_by_the_one_that_survives(data_root
     out = tmp_path / "out"
     url = f"sqlite:///{out / 'study.db'}"
     killed: list[int] = []
-
-    def kill_worker_1_mid_trial() -> None:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not killed:
-            if (out / "study.db").exists() and (running := running_elsewhere(url, os.getpid())):
-                pid = int(running[0].user_attrs["worker"].rsplit(":", 1)[1])
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_worker_1_mid_trial, daemon=True)
+    killer = threading.Thread(target=lambda: killed.append(kill_mid_trial(url, os.getpid())), daemon=True)
     killer.start()
     code = run(*tune(data_root, out, "--trials", "3", "--workers", "2", "--heartbeat", "1", "--pruner", "none"),
                "--trainer.max_epochs", "10")
     killer.join()
-    printed = capsys.readouterr().out
-    assert killed and code == 0, printed
+    printed, err = capsys.readouterr()
+    assert killed[0] and code == 0, (code, printed, err)
     assert "A worker was killed (signal 9)" in printed
     assert_made_whole(url, 3)
 
@@ -377,13 +377,9 @@ def test_a_killed_command_s_trial_is_run_again_by_the_next_one(postgres: str, da
     args = ("--storage", postgres, "--heartbeat", "1", "--pruner", "none", "--trainer.max_epochs", "10")
     first = cli_process(*tune(data_root, tmp_path / "out1", "--trials", "2", *args))
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and first.poll() is None:
-            if [t.number for t in running_elsewhere(postgres, os.getpid())] == [1]:
-                break
-            time.sleep(0.2)
-        first.send_signal(signal.SIGKILL)
+        assert kill_mid_trial(postgres, os.getpid(), number=1) == first.pid
     finally:
+        first.kill()
         finish(first)
     assert first.returncode == -signal.SIGKILL
     time.sleep(3.5)  # the grace period of --heartbeat 1: three silent seconds

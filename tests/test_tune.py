@@ -1,9 +1,10 @@
 """`python -m mnist_lit tune` (mnist_lit/tune.py): real Optuna studies on the synthetic data, tiny fits.
 
-In this process: the search writes its table, figure and a best config that `fit` trains, and a second run
-adds trials to the same study; bad input ends in one line. In processes of their own (slow): two workers
-sharing a journal-file study, two commands sharing a study on a PostgreSQL server the test starts, and a
-SIGTERM in the middle of a trial.
+In this process: the search writes its table, figures and a best config that `fit` trains, a second run
+adds trials to the same study, values already tried are not fitted again, and bad input ends in one line.
+In processes of their own (slow): two workers sharing a journal-file study, two commands sharing a study on a
+PostgreSQL server the test starts, a SIGTERM in the middle of a trial, and a worker SIGKILLed in the middle of
+a trial on SQLite and on PostgreSQL, whose trial is run again.
 """
 
 from __future__ import annotations
@@ -39,20 +40,27 @@ def tune(data_root: Path, out: Path, *extra: str) -> list[str]:
 
 
 def load(url: str, name: str = "fashion_mlp"):
+    """The study, read as any Optuna program reads it (an SQLAlchemy URL as such, a journal file as tune opens it)."""
     from mnist_lit.tune import open_storage
 
-    return optuna.load_study(study_name=name, storage=open_storage(url))
+    return optuna.load_study(study_name=name, storage=open_storage(url) if url.startswith("journal:") else url)
 
 
 def trial_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("Trial ")]
 
 
+def fitted(study) -> list:
+    """The trials that ran a fit to its end or its pruning (a repeat of values already tried runs none)."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state.name in ("COMPLETE", "PRUNED") and "repeat_of" not in t.user_attrs]
+
+
 def assert_shared_fairly(study, trials: int) -> None:
-    """`trials` trials numbered 0..trials-1, every one finished, none lost or run twice, by two workers."""
+    """`trials` fits, on values no other trial had, every trial finished and none lost, by two workers."""
     got = study.get_trials(deepcopy=False)
-    assert sorted(t.number for t in got) == list(range(trials))
     assert {t.state.name for t in got} <= {"COMPLETE", "PRUNED"}, [(t.number, t.state.name) for t in got]
+    assert len(fitted(study)) == trials and len({tuple(sorted(t.params.items())) for t in fitted(study)}) == trials
     assert len({t.user_attrs["worker"] for t in got}) == 2, "both workers ran trials"
 
 
@@ -63,9 +71,9 @@ def test_search_writes_a_config_that_fit_trains_and_resumes(data_root: Path, tmp
     lines = trial_lines(printed)
     assert [line.split(" - ")[0] for line in lines] == ["Trial 0", "Trial 1"]
     assert all("units: " in line and "lr: " in line and ("val_acc: " in line) for line in lines), lines
-    for name in ("study.db", "best.yaml", "trials.csv", "search.png"):
+    for name in ("study.db", "best.yaml", "trials.csv", "history.png", "slices.png"):
         assert (out / name).is_file(), name
-    assert (out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert [r["trial"] for r in rows] == ["0", "1"]
     study = load(f"sqlite:///{out / 'study.db'}")
@@ -92,6 +100,27 @@ def test_search_writes_a_config_that_fit_trains_and_resumes(data_root: Path, tmp
     assert run(*tune(data_root, out, "--trials", "0")) == 0  # the study's table, best config and figure only
     printed = capsys.readouterr().out
     assert not trial_lines(printed) and "3 trials so far" in printed and "Best: trial " in printed
+
+
+def test_values_already_tried_are_not_fitted_again_and_a_used_up_space_ends(data_root: Path, tmp_path: Path,
+                                                                               capsys):
+    """Optuna proposes values it has tried (TPE has no memory of its own proposals): such a trial takes the
+    earlier result without a fit and does not count; once every value has been tried, the search ends."""
+    out = tmp_path / "out"
+    space = write_space(tmp_path / "two.yaml", "units: {choices: [32, 64]}\n")
+    assert run(*tune(data_root, out, "--space", str(space), "--trials", "3")) == 0
+    printed = capsys.readouterr().out
+    study = load(f"sqlite:///{out / 'study.db'}")
+    assert sorted(t.params["units"] for t in fitted(study)) == [32, 64], "each value fitted once"
+    repeats = [t for t in study.trials if "repeat_of" in t.user_attrs]
+    assert repeats and all(t.value == study.trials[t.user_attrs["repeat_of"]].value for t in repeats)
+    assert "Every one of the 2 values of the search space has been tried: no trial left to run" in printed
+    assert "tried in trial " in printed and "not fitted again" in printed
+
+    before = len(study.trials)
+    assert run(*tune(data_root, out, "--space", str(space), "--trials", "2")) == 0  # nothing left: one repeat, the end
+    assert "Every one of the 2 values" in capsys.readouterr().out
+    assert len(study.trials) == before + 1
 
 
 def write_space(path: Path, text: str) -> Path:
@@ -244,7 +273,7 @@ def test_two_machines_share_a_postgresql_study(postgres: str, data_root: Path, t
     assert other.returncode == 0, stderr
     numbers = sorted(int(line.split(" - ")[0].split()[1])
                      for out in (stdout, capsys.readouterr().out) for line in trial_lines(out))
-    assert numbers == [0, 1, 2, 3], "every trial reported once, by the command that ran it"
+    assert numbers == list(range(len(load(postgres).trials))), "every trial reported once, by the command that ran it"
     assert_shared_fairly(load(postgres), 4)
 
 
@@ -286,3 +315,75 @@ def test_sigterm_mid_trial_keeps_the_finished_ones_and_marks_the_interrupted_one
     assert trials[1].user_attrs["note"].startswith("interrupted by SIGTERM in epoch ")
     assert "Trial 1 - " in captured.out and "interrupted by SIGTERM" in captured.out
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def kill_mid_trial(url: str, pid: int, number: int | None = None) -> int:
+    """SIGKILL the process running a trial (trial `number`, or any) other than process `pid` (each trial
+    records its worker's host:pid), once there is one: its pid, or 0 after 3 minutes."""
+    study, deadline = None, time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            study = study or load(url)  # one connection, not one per look: SQLite's lock is shared with the workers
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        except Exception:  # no study yet, or Optuna's tables half made
+            running = []
+        for t in running:
+            worker = int(t.user_attrs.get("worker", ":0").rsplit(":", 1)[1])
+            if worker not in (0, pid) and number in (None, t.number):
+                os.kill(worker, signal.SIGKILL)
+                return worker
+        time.sleep(0.2)
+    return 0
+
+
+def assert_made_whole(url: str, asked: int) -> None:
+    """The asked number of fits, the killed one FAIL and run again (RetryHeartbeatStaleTrialCallback's
+    record), and nothing left RUNNING."""
+    study = load(url)
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and "WAITING" not in states, states
+    failed = [t.number for t in study.trials if t.state.name == "FAIL"]
+    assert len(failed) == 1, states
+    retries = [t for t in fitted(study) if t.system_attrs.get("failed_trial") == failed[0]]
+    assert len(retries) == 1 and retries[0].params == study.trials[failed[0]].params, [
+        (t.number, t.state.name, t.params, t.user_attrs, t.system_attrs) for t in study.trials]
+    assert len(fitted(study)) == asked
+
+
+@pytest.mark.slow
+def test_a_killed_worker_s_trial_is_run_again_by_the_one_that_survives(data_root: Path, tmp_path: Path, capsys):
+    """SQLite, --workers 2: worker 1 is SIGKILLed in the middle of its trial; worker 0 (this process) waits
+    for Optuna to find the trial stale (3 s of silence with --heartbeat 1), runs it again, and the command
+    ends with the 3 trials it was asked for."""
+    out = tmp_path / "out"
+    url = f"sqlite:///{out / 'study.db'}"
+    killed: list[int] = []
+    killer = threading.Thread(target=lambda: killed.append(kill_mid_trial(url, os.getpid())), daemon=True)
+    killer.start()
+    code = run(*tune(data_root, out, "--trials", "3", "--workers", "2", "--heartbeat", "1", "--pruner", "none"),
+               "--trainer.max_epochs", "10")
+    killer.join()
+    printed, err = capsys.readouterr()
+    assert killed[0] and code == 0, (code, printed, err)
+    assert "A worker was killed (signal 9)" in printed
+    assert_made_whole(url, 3)
+
+
+@pytest.mark.slow
+def test_a_killed_command_s_trial_is_run_again_by_the_next_one(postgres: str, data_root: Path, tmp_path: Path,
+                                                                capsys):
+    """PostgreSQL: a command SIGKILLed in the middle of its second trial; the same command again, once the
+    heartbeat is stale, first runs that trial again, then the one trial it asks for."""
+    args = ("--storage", postgres, "--heartbeat", "1", "--pruner", "none", "--trainer.max_epochs", "10")
+    first = cli_process(*tune(data_root, tmp_path / "out1", "--trials", "2", *args))
+    try:
+        assert kill_mid_trial(postgres, os.getpid(), number=1) == first.pid
+    finally:
+        first.kill()
+        finish(first)
+    assert first.returncode == -signal.SIGKILL
+    time.sleep(3.5)  # the grace period of --heartbeat 1: three silent seconds
+    assert run(*tune(data_root, tmp_path / "out2", "--trials", "1", *args)) == 0
+    printed = capsys.readouterr().out
+    assert trial_lines(printed)[0].startswith("Trial 2 - ") and "(retry of trial 1)" in trial_lines(printed)[0], printed
+    assert_made_whole(postgres, 3)

@@ -9,7 +9,6 @@ line>"}. GET / is the page, /health "ok" once every worker is ready, /info the m
 """
 
 import argparse
-import asyncio
 import ctypes
 import gc
 import hmac
@@ -34,6 +33,7 @@ from mnist_lit.errors import UserError
 from mnist_lit.model_files import load_model
 
 try:
+    import anyio
     import fastapi_offline  # Swagger UI's files, served from here: /docs works offline, as the page does
     import litserve as ls
     import python_multipart  # noqa: F401  (FastAPI reads the form with it, and says so only when the server is built)
@@ -95,11 +95,10 @@ class DigitAPI(ls.LitAPI):
     def __init__(self, model: str, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
         self.model_path = model
-        self.server_pid = os.getpid()  # built in the server process; set up in the workers LitServe spawns
 
     def setup(self, device: str) -> None:
-        if os.getpid() != self.server_pid:  # a worker LitServe spawned: no fork hook ran here
-            die_with_parent(self.server_pid)
+        if parent := multiprocessing.parent_process():  # a worker LitServe spawned (no fork hook runs in it)
+            die_with_parent(parent.pid)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; the server stops this one
         self.model, self.meta = load_model(self.model_path)
         torch.set_num_threads(1)  # many small requests: one thread each worker, the HTTP side keeps a core
@@ -167,19 +166,13 @@ class Gate:
 async def drained(receive: Any, seen: int = 0) -> bool:
     """Reads and drops the rest of a request's body: True once all of it came, False when the client went,
     or it was over DRAIN_BYTES or took over DRAIN_SECONDS."""
-    async def rest() -> bool:
-        nonlocal seen
+    with anyio.move_on_after(DRAIN_SECONDS):  # anyio: the async library Starlette is built on
         while seen <= DRAIN_BYTES:
             message = await receive()
             seen += len(message.get("body", b""))
             if message["type"] != "http.request" or not message.get("more_body"):
                 return message["type"] == "http.request"
-        return False
-
-    try:
-        return await asyncio.wait_for(rest(), DRAIN_SECONDS)
-    except asyncio.TimeoutError:
-        return False
+    return False
 
 
 def error(status: int, text: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -303,18 +296,9 @@ def main(argv: list[str]) -> int:
     print(f"Serving {args.model} ({meta.get('tutorial', 'model')}, {batching}): open http://{local}:{args.port}/ "
           f"to draw, or POST images to http://{local}:{args.port}/predict. Ctrl-C stops.", flush=True)
     threading.Thread(target=say_when_ready, args=(f"http://{local}:{args.port}/health",), daemon=True).start()
-    main_pid = os.getpid()
-
-    def stop(signum: int, frame: Any) -> None:
-        # SIGTERM (systemd, Kubernetes, `kill`) stops the server as Ctrl-C does: LitServe then stops its processes.
-        # Nothing in a process LitServe forked, which keeps this handler: the server stops each in its turn; a
-        # SIGTERM to every process (systemd) or a Ctrl-C would end them out of order, with tracebacks
-        if os.getpid() == main_pid:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    # LitServe's HTTP processes, queue manager and broker are forked: each dies with the process that forked it
+    # SIGTERM (systemd, Kubernetes, `kill`) stops the server as Ctrl-C does: LitServe then stops its processes
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a shell starts a background job with it ignored
+        signal.signal(sig, signal.default_int_handler)
     os.register_at_fork(before=lambda: FORKING.__setitem__(0, os.getpid()), after_in_child=forked)
     # the objects of torch and the web stack, imported by now, are never garbage: a full collection in the
     # HTTP process would otherwise scan them all, stalling every request under way (docs/benchmarks.md#serving)
@@ -330,9 +314,7 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # no second interruption of the clean-up
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for child in multiprocessing.active_children():
-            child.terminate()
-            child.join(5)
-            child.kill()
+            child.kill()  # at once: a forked one ignores SIGTERM (forked), a spawned worker has nothing to save
     print("Server stopped.", flush=True)
     return 0
 
@@ -350,7 +332,12 @@ FORKING = [0]  # the process about to fork, noted in it just before
 
 
 def forked() -> None:
-    die_with_parent(FORKING[0])
+    """In a process LitServe forked (its HTTP processes, its queue manager), just after the fork."""
+    # the server stops each in its turn: a SIGTERM to every process (systemd) or a Ctrl-C would end them out of
+    # order, with tracebacks (uvicorn's HTTP process sets its own handlers)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    die_with_parent(FORKING[0])  # each dies with the process that forked it
     torch.set_num_threads(1)  # the HTTP process frames images each in a thread of its own (framed)
 
 
@@ -358,9 +345,7 @@ def die_with_parent(parent: int) -> None:
     """In a process the server started: the kernel kills it as soon as `parent`, the process that started
     it, ends, however that ends (SIGKILL included), so nothing of a killed server goes on serving or holds
     its port. Linux only; elsewhere nothing."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
+    if sys.platform != "linux":
         return
-    if prctl(1, signal.SIGKILL) == 0 and os.getppid() != parent:  # 1: PR_SET_PDEATHSIG
+    if ctypes.CDLL(None).prctl(1, signal.SIGKILL) == 0 and os.getppid() != parent:  # 1: PR_SET_PDEATHSIG
         os._exit(1)  # the parent ended before the request was made: it would never be delivered

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import http.client
 import io
+import itertools
 import json
 import os
 import signal
@@ -344,6 +346,36 @@ def test_every_client_gets_the_413_of_a_body_over_the_limit(client: str, chunked
     reset instead of the answer. It now reads the rest of the body (and drops it) before answering."""
     assert_refused(*post_20_mb(server.url + "/predict", client, chunked), 413, "request body over 10 MB")
     assert predict(server, png(stroke_digit()))[0] == 200
+
+
+def test_a_refused_body_is_drained_within_its_bounds(monkeypatch):
+    """What the server reads of a refused body before it answers (drained): all of it when it ends, and never
+    more than DRAIN_BYTES or longer than DRAIN_SECONDS of a client that goes on sending, or stalls."""
+    from mnist_lit import serve
+
+    monkeypatch.setattr(serve, "DRAIN_SECONDS", 0.2)
+
+    def client(messages) -> object:  # an ASGI receive() that, once `messages` run out, waits for ever
+        messages = iter(messages)
+
+        async def receive() -> dict:
+            message = next(messages, None)
+            if message is None:
+                await asyncio.sleep(3600)
+            return message
+
+        return receive
+
+    def drained(messages) -> tuple[bool, float]:
+        began = time.monotonic()
+        return asyncio.run(asyncio.wait_for(serve.drained(client(messages)), 5)), time.monotonic() - began
+
+    part = {"type": "http.request", "body": b"x" * (1 << 20), "more_body": True}
+    assert drained([part, part, {**part, "more_body": False}])[0]  # all of it came
+    assert not drained([part, {"type": "http.disconnect"}])[0]  # the client went
+    assert not drained(itertools.repeat(part))[0]  # over DRAIN_BYTES
+    done, seconds = drained([part])  # a client that stops sending and stays
+    assert not done and 0.2 <= seconds < 2
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -22,7 +23,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,38 +46,39 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 @dataclass(frozen=True)
 class Param:
-    """One hyperparameter of the space: a range (`low`, `high`, optional `step`, `log`) or `choices`."""
+    """One hyperparameter of the space: its name in the space file, the config key it sets, and its entry there,
+    the arguments of Optuna's `suggest_int` / `suggest_float` (`low`, `high`, `step`, `log`) or
+    `suggest_categorical` (`choices`)."""
 
-    name: str  # as written in the space file
-    key: str  # the config key it sets: model.init_args.units, data.batch_size, trainer.max_epochs
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
-    log: bool = False
-    choices: tuple[Any, ...] | None = None
+    name: str
+    key: str  # model.init_args.units, data.batch_size, trainer.max_epochs
+    spec: dict[str, Any]
 
-    @property
-    def whole(self) -> bool:
-        return self.choices is None and all(isinstance(v, int) for v in (self.low, self.high, self.step or 1))
+    def distribution(self) -> Any:
+        """Optuna's distribution for the entry, which checks it: a range is whole numbers when low, high and step
+        are."""
+        from optuna import distributions
+
+        if "choices" in self.spec:
+            return distributions.CategoricalDistribution(**self.spec)
+        whole = all(isinstance(self.spec.get(k, 1), int) for k in ("low", "high", "step"))
+        return (distributions.IntDistribution if whole else distributions.FloatDistribution)(**self.spec)
 
     @property
     def size(self) -> float:
         """How many values it can take (a range of decimals without a step: endless)."""
-        if self.choices is not None:
-            return len(self.choices)
-        return math.floor((self.high - self.low) / (self.step or 1) + 1e-9) + 1 if self.whole or self.step else math.inf
+        dist = self.distribution()
+        if "choices" in self.spec:
+            return len(dist.choices)
+        return math.inf if dist.step is None else round((dist.high - dist.low) / dist.step) + 1
 
     def suggest(self, trial: Any) -> Any:
-        if self.choices is not None:
-            return trial.suggest_categorical(self.name, list(self.choices))
-        suggest = trial.suggest_int if self.whole else trial.suggest_float
-        return suggest(self.name, self.low, self.high, step=self.step or (1 if self.whole else None), log=self.log)
+        kind = type(self.distribution()).__name__.removesuffix("Distribution").lower()  # int, float or categorical
+        return getattr(trial, f"suggest_{kind}")(self.name, **self.spec)
 
     def record(self) -> dict[str, Any]:
         """What the study remembers of this parameter (compared when a run resumes it)."""
-        if self.choices is not None:
-            return {"choices": list(self.choices)}
-        return {"low": self.low, "high": self.high, "step": self.step, "log": self.log}
+        return self.spec if "choices" in self.spec else {"step": None, "log": False, **self.spec}
 
 
 def space_key(name: str) -> tuple[str, str]:
@@ -90,7 +91,7 @@ def space_key(name: str) -> tuple[str, str]:
 
 def read_space(path: Path, known: dict[str, set[str]]) -> list[Param]:
     """The space file's parameters, checked: every name is an argument of the model, the data module or
-    the Trainer (`known`), and every range holds at least one value."""
+    the Trainer (`known`), and every entry makes an Optuna distribution (Optuna's words when it does not)."""
     import yaml
 
     try:
@@ -111,34 +112,18 @@ def read_space(path: Path, known: dict[str, set[str]]) -> list[Param]:
             raise UserError(f"{where}: not an argument of {what}; it takes {options}")
         if not isinstance(spec, dict):
             raise UserError(f"{where}: give {{low: A, high: B}} (with step: or log: if wanted) or {{choices: [...]}}")
-        extra = set(spec) - {"low", "high", "step", "log", "choices"}
-        if extra:
-            raise UserError(f"{where}: unknown field {', '.join(sorted(map(str, extra)))} (low, high, step, log or choices)")
-        if "choices" in spec:
-            choices = spec["choices"]
-            if set(spec) != {"choices"}:
-                raise UserError(f"{where}: choices cannot be given with low, high, step or log")
-            if not isinstance(choices, list) or not choices:
-                raise UserError(f"{where}: empty range: choices must list at least one value")
-            if any(not isinstance(c, (int, float, str, bool)) and c is not None for c in choices):
-                raise UserError(f"{where}: choices must be plain values (numbers, strings, true/false, null)")
-            params.append(Param(str(name), key, choices=tuple(choices)))
-            continue
-        if "low" not in spec or "high" not in spec:
-            raise UserError(f"{where}: a range needs both low and high (or give choices)")
-        low, high, step, log = spec["low"], spec["high"], spec.get("step"), spec.get("log", False)
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (low, high, step) if v is not None) \
-                or not isinstance(log, bool):
-            raise UserError(f"{where}: low, high and step must be numbers, and log true or false")
-        if low > high:
-            raise UserError(f"{where}: empty range: low {low} is above high {high}")
-        if step is not None and step <= 0:
-            raise UserError(f"{where}: step must be above 0, not {step}")
-        if log and low <= 0:
-            raise UserError(f"{where}: a log range must start above 0, not at {low}")
-        if log and step is not None:
-            raise UserError(f"{where}: give step or log, not both")
-        params.append(Param(str(name), key, low=low, high=high, step=step, log=log))
+        numbers = [spec[k] for k in ("low", "high", "step") if spec.get(k) is not None]
+        if "choices" not in spec and any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):
+            raise UserError(f"{where}: low, high and step must be numbers (YAML reads 1e-4 as text: write 1.0e-4)")
+        param = Param(str(name), key, spec)
+        try:
+            with warnings.catch_warnings():
+                # Optuna only warns of choices a study cannot store (a list, a mapping): here they are refused
+                warnings.filterwarnings("error", message="Choices for a categorical distribution")
+                param.distribution()
+        except (TypeError, ValueError, UserWarning) as e:  # a field missing or unknown, an empty range
+            raise UserError(f"{where}: {e}") from None
+        params.append(param)
     return params
 
 
@@ -258,7 +243,6 @@ class Settings:
     pruner: str
     heartbeat: int
     workers: int
-    run: str  # this command's mark on the trials it asked for (a retry keeps it)
 
 
 class Interrupted(Exception):
@@ -274,14 +258,11 @@ class Stop:
         self.children, self.study = children or [], None
 
     def __enter__(self) -> Stop:
-        self.before = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.before = signal.signal(signal.SIGTERM, lambda signum, frame: self.now("SIGTERM"))
         return self
 
     def __exit__(self, *exc: Any) -> None:
         signal.signal(signal.SIGTERM, self.before)
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self.now("SIGTERM")
 
     def now(self, why: str) -> None:
         self.asked = self.asked or why
@@ -345,8 +326,6 @@ def objective(settings: Settings, stop: Stop) -> Any:
 
     def fit_trial(trial: Any) -> float:
         trial.set_user_attr("worker", WORKER)
-        if "run" not in trial.user_attrs:  # a retried trial counts for the command that first asked for it
-            trial.set_user_attr("run", settings.run)
         values = {p.name: p.suggest(trial) for p in settings.space}
         earlier = tried(trial.study).get(tuple(sorted(trial.params.items())))
         if earlier is not None:  # Optuna's FAQ on repeated values: the earlier result, not a second fit
@@ -398,32 +377,25 @@ def line(t: Any) -> str:
 
 class Budget:
     """After each trial: its line, and `study.stop()` once this worker has run its share of the command's
-    trials (a repeat of values already tried and a retry of an earlier command's trial do not count), or
-    once every value of the search space has been tried."""
+    trials, or once every value of the search space has been tried. A repeat of values already tried does not
+    count, nor does a retry of a killed worker's trial: it makes whole the command that asked for that trial."""
 
     def __init__(self, settings: Settings, share: int) -> None:
-        self.run, self.left = settings.run, share
-        self.size = math.prod(p.size for p in settings.space)
+        self.left, self.size = share, math.prod(p.size for p in settings.space)
 
     def __call__(self, study: Any, trial: Any) -> None:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
         print(line(trial), flush=True)
         repeat = "repeat_of" in trial.user_attrs
-        self.left -= trial.state.name in DONE and trial.user_attrs.get("run") == self.run and not repeat
+        retry = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial) is not None
+        self.left -= trial.state.name in DONE and not repeat and not retry
         if self.left <= 0:
             study.stop()
         elif repeat and len(tried(study)) >= self.size:
             print(f"Every one of the {self.size} values of the search space has been tried: no trial left to run",
                   flush=True)
             study.stop()
-
-
-def search(study: Any, settings: Settings, share: int, stop: Stop) -> None:
-    """This worker's share of the command's trials, in Optuna's loop, until the time or a SIGTERM runs out."""
-    stop.study = study
-    timeout = None if settings.deadline is None else settings.deadline - time.time()
-    if not stop.asked and share > 0 and (timeout is None or timeout > 0):
-        study.optimize(objective(settings, stop), timeout=timeout, callbacks=[Budget(settings, share)],
-                       catch=(Interrupted,))
 
 
 def share_cpu(workers: int) -> int:
@@ -437,41 +409,39 @@ def share_cpu(workers: int) -> int:
     return before
 
 
+def work(settings: Settings, index: int, share: int, children: list[Any] | None = None) -> int:
+    """Worker `index`'s share of the command's trials, in Optuna's loop in this process, until the time or a
+    SIGTERM runs out: 0, 143 after a SIGTERM, 1 when stopped otherwise. `children`: the workers it started."""
+    with Stop(children) as stop:
+        try:
+            study = load(settings, index)
+            stop.study = study
+            timeout = None if settings.deadline is None else settings.deadline - time.time()
+            if not stop.asked and share > 0 and (timeout is None or timeout > 0):
+                study.optimize(objective(settings, stop), timeout=timeout, callbacks=[Budget(settings, share)],
+                               catch=(Interrupted,))
+        except BaseException:
+            stop.now("an error")  # this worker failed: the others stop too, their trials marked
+            raise
+    return 143 if stop.asked == "SIGTERM" else 1 if stop.asked else 0
+
+
 def worker_process(settings: Settings, index: int, share: int) -> None:
     """Worker `index` of `--workers K`, in a process of its own (multiprocessing's spawn)."""
     quiet()
     share_cpu(settings.workers)
     code = 1
     try:
-        with Stop() as stop:
-            search(load(settings, index), settings, share, stop)
-        code = 143 if stop.asked == "SIGTERM" else 1 if stop.asked else 0
+        code = work(settings, index, share)
     except UserError as e:
         print(f"mnist_lit: error: {e}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(code)  # skip the interpreter's teardown: the study is saved, and nothing else needs closing
 
 
-def left_by_killed(study: Any, settings: Settings) -> int:
-    """How many of this command's trials a killed worker left, once Optuna has failed its trial under way (no
-    heartbeat for the grace period) and queued it again. A journal file has no heartbeat: that trial stays
-    RUNNING, and a new one takes its place."""
-    import optuna
-
-    def ours(*states: str) -> list[Any]:
-        return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("run") == settings.run
-                and t.state.name in states and "repeat_of" not in t.user_attrs]
-
-    until = time.monotonic() + 5 * settings.heartbeat
-    while ours("RUNNING") and not settings.storage.startswith("journal:") and time.monotonic() < until:
-        time.sleep(1)
-        optuna.storages.fail_stale_trials(study)
-    return settings.trials - len(ours(*DONE))
-
-
 def run_workers(settings: Settings) -> int:
     """The command's own process is worker 0; workers 1..K-1 are processes it starts, each with its share of
-    the trials. When one is killed, this one runs what it left. 0, 143 after a SIGTERM, 1 when one failed."""
+    the trials. 0, 143 after a SIGTERM, 1 when a worker failed or was killed."""
     import torch
 
     ctx = multiprocessing.get_context("spawn")
@@ -481,26 +451,20 @@ def run_workers(settings: Settings) -> int:
     for child in children:
         child.start()
     threads = share_cpu(settings.workers)
-    with Stop(children) as stop:
-        try:
-            study = load(settings, 0)
-            search(study, settings, shares[0], stop)
-        except BaseException:
-            stop.now("an error")  # this worker failed: the others stop too, their trials marked
-            raise
-        finally:
-            for child in children:
-                child.join()
-            torch.set_num_threads(threads)
-        killed = [c.exitcode for c in children if c.exitcode < 0 and c.exitcode != -signal.SIGTERM]
-        if killed and not stop.asked:
-            lost = ("stays RUNNING (a journal file has no heartbeat)" if settings.storage.startswith("journal:") else
-                    f"runs again here once Optuna finds it stale ({3 * settings.heartbeat}s without a heartbeat)")
-            print(f"A worker was killed (signal {-killed[0]}): its trial under way {lost}, then the trials it left",
-                  flush=True)
-            search(study, settings, left_by_killed(study, settings), stop)
-    codes = [143 if stop.asked == "SIGTERM" else 1 if stop.asked else 0, *(c.exitcode for c in children
-                                                                           if c.exitcode not in killed)]
+    try:
+        code = work(settings, 0, shares[0], children)
+    finally:
+        for child in children:
+            child.join()
+        torch.set_num_threads(threads)
+    # a killed worker's trial: a worker still in Optuna's loop finds it stale when it starts its next trial and
+    # runs it again; one the others outlived is left to the next `tune` on the study (fail_stale_trials at start)
+    lost = ("stays RUNNING (a journal file has no heartbeat)" if settings.storage.startswith("journal:") else
+            f"is run again by the next tune on this study, once it has been silent for {3 * settings.heartbeat}s")
+    for index, child in enumerate(children, 1):
+        if child.exitcode < 0 and code == 0:
+            print(f"Worker {index} was killed (signal {-child.exitcode}): its trial under way {lost}", flush=True)
+    codes = [code, *(143 if c.exitcode == -signal.SIGTERM else c.exitcode for c in children)]
     return 143 if 143 in codes else 0 if not any(codes) else 1
 
 
@@ -638,7 +602,7 @@ def check_values(probe: Any, config: str, fit_args: list[str], space: list[Param
     probe.parser.exit_on_error = False
     try:
         for p in space:
-            for value in p.choices if p.choices is not None else (p.low, p.high):
+            for value in p.spec.get("choices") or (p.spec["low"], p.spec["high"]):
                 try:
                     probe.parser.parse_args(["--config", config, *fit_args, *TRIAL_FLAGS, *flags([p], {p.name: value})])
                 except Exception as e:
@@ -649,14 +613,11 @@ def check_values(probe: Any, config: str, fit_args: list[str], space: list[Param
 
 def main(argv: list[str]) -> int:
     opts, fit_args = split_args(argv)
-    missing = []
-    for module in ("optuna", "optuna_integration", "pandas", "sklearn"):
+    for module in ("optuna", "optuna_integration", "pandas", "sklearn"):  # the tune extra
         try:
-            __import__(module)
+            importlib.import_module(module)
         except ImportError:
-            missing.append(module)
-    if missing:
-        raise UserError(f"tune needs {' and '.join(missing)}: pip install -e '.[tune]' (make test installs it)")
+            raise UserError(f"tune needs {module}: pip install -e '.[tune]' (make test installs it)") from None
     quiet()
     return tune(opts, fit_args)
 
@@ -686,7 +647,7 @@ def tune(opts: argparse.Namespace, fit_args: list[str]) -> int:
     name = opts.study or tutorial
     settings = Settings(config, fit_args, space, url, name, str(out), opts.trials,
                         time.time() + opts.timeout if opts.timeout else None, None if opts.seed == -1 else opts.seed,
-                        opts.pruner, opts.heartbeat, max(1, min(opts.workers, opts.trials)), uuid.uuid4().hex[:12])
+                        opts.pruner, opts.heartbeat, max(1, min(opts.workers, opts.trials)))
     record = json.dumps({p.name: p.record() for p in space}, sort_keys=True)
     study = open_study(open_storage(url, opts.heartbeat), url, name, record, Path(config).stem)
     val_size = probe.datamodule.hparams.val_size

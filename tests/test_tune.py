@@ -4,7 +4,7 @@ In this process: the search writes its table, figures and a best config that `fi
 adds trials to the same study, values already tried are not fitted again, and bad input ends in one line.
 In processes of their own (slow): two workers sharing a journal-file study, two commands sharing a study on a
 PostgreSQL server the test starts, a SIGTERM in the middle of a trial, and a worker SIGKILLed in the middle of
-a trial on SQLite and on PostgreSQL, whose trial is run again.
+a trial on SQLite and on PostgreSQL, whose trial the next tune runs again.
 """
 
 from __future__ import annotations
@@ -131,11 +131,14 @@ def write_space(path: Path, text: str) -> Path:
 @pytest.mark.parametrize("space, says", [
     ("width: {low: 32, high: 512}\n", "width: not an argument of the model; it takes "),
     ("data.shuffle: {choices: [true]}\n", "data.shuffle: not an argument of the data module"),
-    ("units: {low: 512, high: 32}\n", "units: empty range: low 512 is above high 32"),
-    ("lr: {choices: []}\n", "lr: empty range: choices must list at least one value"),
-    ("lr: {low: 0, high: 0.1, log: true}\n", "lr: a log range must start above 0"),
+    # the range's own problems in Optuna's words (its distribution classes check them)
+    ("units: {low: 512, high: 32}\n", "units: `low <= high` must hold, but got (low=512, high=32)"),
+    ("lr: {choices: []}\n", "lr: The `choices` must contain one or more elements"),
+    ("lr: {low: 0, high: 0.1, log: true}\n", "lr: `low > 0` must hold for `log=True`"),
+    ("units: {lo: 1, high: 64}\n", "units: IntDistribution.__init__() got an unexpected keyword argument 'lo'"),
+    ("units: {choices: [[32, 64]]}\n", "units: Choices for a categorical distribution should be"),
+    ("lr: {low: 1e-4, high: 1e-2}\n", "lr: low, high and step must be numbers"),
     ("units: {low: 0, high: 64}\n", "units = 0: --model.init_args.units"),
-    ("units: {lo: 1, high: 64}\n", "units: unknown field lo"),
     ("- units\n", "a search space is a mapping"),
 ])
 def test_a_bad_search_space_is_one_line(space: str, says: str, data_root: Path, tmp_path: Path, capsys):
@@ -317,9 +320,10 @@ def test_sigterm_mid_trial_keeps_the_finished_ones_and_marks_the_interrupted_one
     assert signal.getsignal(signal.SIGTERM) is not None
 
 
-def kill_mid_trial(url: str, pid: int, number: int | None = None) -> int:
-    """SIGKILL the process running a trial (trial `number`, or any) other than process `pid` (each trial
-    records its worker's host:pid), once there is one: its pid, or 0 after 3 minutes."""
+def kill_mid_trial(url: str, pid: int) -> int:
+    """SIGKILL the process running a trial other than process `pid` (each trial records its worker's host:pid)
+    once that trial's fit is under way (an epoch reported, and not a repeat of values already tried, whose retry
+    would not be fitted either): its pid, or 0 after 3 minutes."""
     study, deadline = None, time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -329,7 +333,7 @@ def kill_mid_trial(url: str, pid: int, number: int | None = None) -> int:
             running = []
         for t in running:
             worker = int(t.user_attrs.get("worker", ":0").rsplit(":", 1)[1])
-            if worker not in (0, pid) and number in (None, t.number):
+            if worker not in (0, pid) and t.intermediate_values and "repeat_of" not in t.user_attrs:
                 os.kill(worker, signal.SIGKILL)
                 return worker
         time.sleep(0.2)
@@ -351,39 +355,23 @@ def assert_made_whole(url: str, asked: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_s_trial_is_run_again_by_the_one_that_survives(data_root: Path, tmp_path: Path, capsys):
-    """SQLite, --workers 2: worker 1 is SIGKILLed in the middle of its trial; worker 0 (this process) waits
-    for Optuna to find the trial stale (3 s of silence with --heartbeat 1), runs it again, and the command
-    ends with the 3 trials it was asked for."""
-    out = tmp_path / "out"
-    url = f"sqlite:///{out / 'study.db'}"
-    killed: list[int] = []
-    killer = threading.Thread(target=lambda: killed.append(kill_mid_trial(url, os.getpid())), daemon=True)
-    killer.start()
-    code = run(*tune(data_root, out, "--trials", "3", "--workers", "2", "--heartbeat", "1", "--pruner", "none"),
-               "--trainer.max_epochs", "10")
-    killer.join()
-    printed, err = capsys.readouterr()
-    assert killed[0] and code == 0, (code, printed, err)
-    assert "A worker was killed (signal 9)" in printed
-    assert_made_whole(url, 3)
-
-
-@pytest.mark.slow
-def test_a_killed_command_s_trial_is_run_again_by_the_next_one(postgres: str, data_root: Path, tmp_path: Path,
-                                                                capsys):
-    """PostgreSQL: a command SIGKILLed in the middle of its second trial; the same command again, once the
-    heartbeat is stale, first runs that trial again, then the one trial it asks for."""
-    args = ("--storage", postgres, "--heartbeat", "1", "--pruner", "none", "--trainer.max_epochs", "10")
-    first = cli_process(*tune(data_root, tmp_path / "out1", "--trials", "2", *args))
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_a_killed_worker_s_trial_is_run_again_by_the_next_tune(storage: str, request, data_root: Path,
+                                                                 tmp_path: Path, capsys):
+    """--workers 2, worker 1 SIGKILLed in the middle of its trial: the command says so and exits 1 once worker 0
+    has run its trial; the same command again, once the heartbeat is stale (3 s with --heartbeat 1), first runs
+    the killed trial again, then the one trial it asks for."""
+    url = request.getfixturevalue("postgres") if storage == "postgresql" else f"sqlite:///{tmp_path / 'study.db'}"
+    args = ("--storage", url, "--heartbeat", "1", "--pruner", "none", "--trainer.max_epochs", "10")
+    first = cli_process(*tune(data_root, tmp_path / "out1", "--trials", "2", "--workers", "2", *args))
     try:
-        assert kill_mid_trial(postgres, os.getpid(), number=1) == first.pid
+        killed = kill_mid_trial(url, first.pid)
     finally:
-        first.kill()
-        finish(first)
-    assert first.returncode == -signal.SIGKILL
+        stdout, stderr = finish(first)
+    assert killed and first.returncode == 1, (first.returncode, stdout, stderr)
+    assert "Worker 1 was killed (signal 9): its trial under way is run again by the next tune" in stdout, stdout
     time.sleep(3.5)  # the grace period of --heartbeat 1: three silent seconds
     assert run(*tune(data_root, tmp_path / "out2", "--trials", "1", *args)) == 0
     printed = capsys.readouterr().out
-    assert trial_lines(printed)[0].startswith("Trial 2 - ") and "(retry of trial 1)" in trial_lines(printed)[0], printed
-    assert_made_whole(postgres, 3)
+    assert "(retry of trial " in trial_lines(printed)[0] and len(trial_lines(printed)) >= 2, printed
+    assert_made_whole(url, 3)

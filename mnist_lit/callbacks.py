@@ -19,6 +19,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+import torch
 from tqdm import tqdm
 
 
@@ -70,6 +71,7 @@ class EpochLine(ProgressBar):
         self._start = 0.0
         self._first_step = 0
         self._bar: _Bar | None = None
+        self._threads: int | None = None  # the last epoch's thread count
 
     def disable(self) -> None:
         self._enabled = False
@@ -92,6 +94,9 @@ class EpochLine(ProgressBar):
     def _batches(self, trainer: L.Trainer) -> str:
         # optimizer steps, as Keras counts them; not total_train_batches, which shrinks near max_steps
         return f"{trainer.global_step - self._first_step}/{steps_per_epoch(trainer)}"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._threads = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -122,6 +127,9 @@ class EpochLine(ProgressBar):
             return
         seconds = time.perf_counter() - self._start
         line = f"{self._prefix(trainer)} - {self._batches(trainer)} - {seconds:.1f}s - {format_metrics(metrics)}"
+        threads, self._threads = self._threads, torch.get_num_threads()
+        if threads is not None and threads != self._threads:  # the count each epoch measured (threads.py)
+            line += f" - threads: {self._threads}"
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
@@ -141,7 +149,8 @@ class RunRecorder(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # runs before ModelCheckpoint's hook, so last.ckpt already holds this epoch
-        entry = {"epoch": trainer.current_epoch + 1, "seconds": round(time.perf_counter() - self._start, 4)}
+        entry = {"epoch": trainer.current_epoch + 1, "seconds": round(time.perf_counter() - self._start, 4),
+                 "threads": torch.get_num_threads()}  # what the epoch ran on after its trial (threads.py)
         entry.update(epoch_metrics(trainer))
         self.history = [e for e in self.history if e["epoch"] < entry["epoch"]] + [entry]
 

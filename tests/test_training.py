@@ -86,6 +86,7 @@ def test_metrics_csv_holds_one_row_per_epoch_with_the_steps_of_metrics_json(data
     epochs, test = rows[:-1], rows[-1]
     # Lightning's steps: an epoch's row has the index of its last step, counted from 0
     assert [int(r["epoch"]) for r in epochs] == [0, 1, 2] and [int(r["step"]) for r in epochs] == [19, 39, 59]
+    assert all(1 <= e["threads"] <= threads.cores() for e in metrics["history"])  # what each epoch ran on
     for row, recorded in zip(epochs, metrics["history"]):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
             assert float(row[key]) == pytest.approx(recorded[key], rel=1e-6)

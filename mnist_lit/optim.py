@@ -17,9 +17,8 @@ Adam differs in where epsilon goes relative to the bias correction:
 In the first steps Keras' effective epsilon is up to 30 times torch's; it matters for weights whose
 gradients are tiny. Plain SGD is the same in both.
 
-Each optimizer writes its update once, in `update(grads)`, as tensor ops on its own state: `step()` runs it
-on the parameters' `.grad`, and a compiled training step (mnist_lit/compiled_step.py) runs the same function
-inside its program. The state uses torch's names (`step`, `exp_avg`, `exp_avg_sq`; `velocity`), created as
+Each optimizer writes its update once, in `update(grads)`, as one foreach op per step of the formula over
+all parameters, on its own state; `step()` runs it on the parameters' `.grad`. The state uses torch's names (`step`, `exp_avg`, `exp_avg_sq`; `velocity`), created as
 torch's optimizers create them. `tests/test_keras_parity.py` checks all three against Keras' own steps.
 """
 
@@ -116,14 +115,9 @@ class KerasAdam(KerasOptimizer):
         torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
         denominators = torch._foreach_sqrt(v)
         torch._foreach_add_(denominators, eps)
-        if torch.compiler.is_compiling():  # the step count stays a tensor inside a compiled program
-            t = steps[0]
-            rate = lr * (1 - b2 ** t).sqrt() / (1 - b1 ** t)
-            torch._foreach_sub_(self.params, torch._foreach_mul(torch._foreach_div(m, denominators), rate))
-        else:  # eagerly, a Python number: no kernel launches for it
-            t = float(steps[0])
-            rate = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-            torch._foreach_addcdiv_(self.params, m, denominators, value=-rate)
+        t = float(steps[0])  # a Python number: no kernel launches for the bias corrections
+        rate = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        torch._foreach_addcdiv_(self.params, m, denominators, value=-rate)
 
 
 class KerasSGD(KerasOptimizer):

@@ -124,7 +124,8 @@ class MnistCLI(LightningCLI):
             print(note, flush=True)
 
     def before_instantiate_classes(self) -> None:
-        # a TensorBoardLogger given without its folder (see tensorboard_folder) writes into the run's
+        # a TensorBoardLogger given without its folder (see tensorboard_folder) writes into the run's output
+        # folder, under tensorboard/, as the default one does
         logger = self._settings().get("trainer", {}).get("logger")
         for spec in logger if isinstance(logger, list) else [logger]:
             if not getattr(spec, "class_path", "").endswith("TensorBoardLogger"):
@@ -152,8 +153,9 @@ class MnistCLI(LightningCLI):
         """The Trainer, with mnist_lit's defaults for whatever the config leaves unset (None)."""
         # the model exists by now: --weights are read first, so that a bad file is the run's one line, before
         # the Trainer has printed anything
-        if self._settings().get("weights"):
-            model_files.load_weights(self.model, self._settings()["weights"])
+        weights = self._settings().get("weights")
+        if weights:
+            model_files.load_weights(self.model, weights)
         settings = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         out = self.output_dir
         given = settings.get("callbacks") or []
@@ -279,14 +281,19 @@ def model_of_checkpoint(argv: list[str]) -> list[str]:
 def tensorboard_folder(argv: list[str]) -> list[str]:
     """`argv` with an empty `--trainer.logger.save_dir` after a TensorBoardLogger that names no folder of its
     own (Lightning requires one), so that its event files go into the run's output folder (the CLI fills it in)."""
-    words = " ".join(argv)
-    if "TensorBoardLogger" not in words or "--trainer.logger.save_dir" in words:
+    if any(arg.startswith("--trainer.logger.save_dir") for arg in argv):
         return argv
-    out = list(argv)
-    for i, arg in enumerate(argv):
-        given = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
-        if arg.partition("=")[0] in ("--trainer.logger", "--trainer.logger+") and given.endswith("TensorBoardLogger"):
-            out.insert(out.index(arg) + (1 if "=" in arg else 2), "--trainer.logger.save_dir=")
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        flag, eq, value = arg.partition("=")
+        out.append(arg)
+        if flag in ("--trainer.logger", "--trainer.logger+"):
+            if not eq:  # the value is the next word
+                value = next(it, None)
+                out += [] if value is None else [value]
+            if (value or "").endswith("TensorBoardLogger"):
+                out.append("--trainer.logger.save_dir=")
     return out
 
 

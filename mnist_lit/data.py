@@ -32,7 +32,7 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torchvision import datasets, transforms
 
 from mnist_lit.atomic import write_bytes_from
-from mnist_lit.errors import UserError, check_choice, check_positive
+from mnist_lit.errors import UserError, check_choice, check_positive, described
 
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -225,9 +225,7 @@ def read_dataset(dataset: str, data_dir: str | Path, split: str, **kwargs) -> da
     try:
         ds = info.reader(str(raw.parent.parent), train=split == "train", download=False, **kwargs)
     except Exception as e:  # torchvision's reader: checked above, so unexpected
-        detail = (str(e).strip().splitlines() or [""])[0][:120]
-        raise DataError(f"{paths[0]}, {paths[1].name}: torchvision could not read them "
-                        f"({e.__class__.__name__}: {detail})") from None
+        raise DataError(f"{paths[0]}, {paths[1].name}: torchvision could not read them ({described(e)})") from None
     return ds
 
 

@@ -19,3 +19,9 @@ def check_positive(name: str, value: object, zero: bool = False) -> None:
     """A size or count given from Python: a whole number above 0 (or at least 0), as the CLI's types take."""
     if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero else 1):
         raise ArgumentError(f"{name}={value!r}: must be a whole number {'>= 0' if zero else 'above 0'}")
+
+
+def described(error: BaseException, limit: int = 120) -> str:
+    """A library's exception inside one of our one-line messages: its type and its text's first line."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:limit]}" if text else type(error).__name__

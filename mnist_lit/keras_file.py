@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnist_lit.errors import UserError
+from mnist_lit.errors import UserError, described
 from mnist_lit.models import TUTORIALS
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -101,7 +101,7 @@ def _read(path: Path) -> KerasModel:
             return _read_legacy_h5(path)
     except (OSError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile, zlib.error) as e:  # truncated or inconsistent
         # inside (h5py raises RuntimeError for some damaged HDF5 structures, zipfile zlib.error for a damaged member)
-        raise UserError(f"{path}: damaged Keras file ({e.__class__.__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: damaged Keras file ({described(e)})") from None
     raise UserError(f"{path}: not a Keras model file (neither a .keras zip nor an HDF5 .h5 file)")
 
 
@@ -360,8 +360,7 @@ def to_torch(model: KerasModel) -> nn.Sequential:
         try:
             modules += CONVERTERS[kind](walk, name, config, i == len(body) - 1)
         except (KeyError, TypeError, ValueError, OverflowError, RuntimeError) as e:  # a value missing or of no use
-            detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-            raise walk.refuse(name, f"({kind}) has a config this cannot use ({e.__class__.__name__}: {detail})") from None
+            raise walk.refuse(name, f"({kind}) has a config this cannot use ({described(e)})") from None
     return nn.Sequential(*modules)
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mnist_lit import __version__, atomic
-from mnist_lit.errors import UserError
+from mnist_lit.errors import UserError, described
 
 if TYPE_CHECKING:
     from mnist_lit.models import Tutorial
@@ -208,7 +208,7 @@ def checkpoint_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model = TUTORIALS[meta["tutorial"]](**{k: v for k, v in hparams.items() if not k.startswith("_")})
     except (TypeError, ValueError) as e:  # a name the tutorial does not take, a value out of range
         raise UserError(f"{path}: hyperparameters the {meta['tutorial']} tutorial does not take "
-                        f"({e.__class__.__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+                        f"({described(e)})") from None
     _put_weights(Path(path), model.net, net_state(checkpoint["state_dict"]), meta["tutorial"])
     return model.net.eval(), meta
 

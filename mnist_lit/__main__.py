@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mnist_lit: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of our output went (`report RUN | head -2`): stop quietly, as cat does;
+        # stdout goes to /dev/null first, or Python's flush of it at exit fails again, with a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -158,3 +158,16 @@ def test_quiet_lightning_drops_a_flop_count_of_zero_only():
                                     f"\n407 K     Total params\n{flops:<10}Total Flops", None, None)
         assert summary.filter(record)
         assert ("Total Flops" in record.getMessage()) == kept and "Total params" in record.getMessage()
+
+
+def test_output_piped_into_head_ends_without_a_traceback():
+    # `python -m mnist_lit report RUN | head -2`: head leaves before the command's last line; the pipe is
+    # closed here before the command starts writing, so every write meets a reader that has gone
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_lit", "--help"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1 and "Traceback" not in err and "BrokenPipeError" not in err, err

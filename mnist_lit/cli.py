@@ -7,6 +7,7 @@ A stock `LightningCLI` with: bare config names (`--config cnn.yaml` finds `confi
 
 from __future__ import annotations
 
+import ast
 import datetime
 import importlib.util
 import inspect
@@ -15,6 +16,7 @@ import re
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Optional
 
@@ -183,9 +185,13 @@ class MnistCLI(LightningCLI):
         if self.subcommand == "predict":
             callbacks.append(outputs.PredictionWriter(out / "predictions.csv"))
         self.save_config_kwargs["output_dir"] = str(out)
+        for name, (takes, what) in TRAINER_RULES.items():
+            value = settings.get(name)
+            if value is not None and not takes(value):
+                raise UserError(f"--trainer.{name}: got {value}; it takes {what}")
         try:
             return super().instantiate_trainer(**{**defaults, "callbacks": callbacks, **kwargs})
-        except (MisconfigurationException, ValueError) as e:  # a Trainer argument Lightning refuses: its traceback
+        except (MisconfigurationException, ValueError, TypeError) as e:  # a Trainer argument Lightning refuses
             raise UserError(trainer_problem(e)) from None
 
     def before_fit(self) -> None:
@@ -220,12 +226,37 @@ class MnistCLI(LightningCLI):
         outputs.print_evaluation(self.trainer, "test", self.trainer.callback_metrics)
 
 
+# Trainer arguments Lightning 2.6 takes at construction and then divides by once the fit runs (a
+# ZeroDivisionError at the first batch: 0 for any of the first three), reads as nonsense (a negative
+# interval logs at every step; a negative accumulation steps at every other batch), or refuses without
+# saying what it takes (devices 0): each refused before the Trainer exists, with what it takes
+TRAINER_RULES = {
+    "devices": (lambda v: str(v).strip() not in ("0", "[]"), "a number of devices, 1 or more, or auto; on GPUs also "
+                "-1 (all of them) or a list of their indices such as [0, 1]"),
+    "accumulate_grad_batches": (lambda v: v >= 1, "a number of batches, 1 or more (1: an optimizer step every batch)"),
+    "val_check_interval": (lambda v: not isinstance(v, int) or v >= 1,
+                           "a fraction of an epoch from 0.0 to 1.0, a number of batches (1 or more), or a time DD:HH:MM:SS"),
+    "check_val_every_n_epoch": (lambda v: v >= 1, "a number of epochs, 1 or more, or null (validation every "
+                                "--trainer.val_check_interval batches, across epochs)"),
+    "log_every_n_steps": (lambda v: v >= 0, "a number of steps, 1 or more, or 0 (no logging within an epoch)"),
+}
+
+
 def trainer_problem(error: Exception) -> str:
     """Lightning's refusal of a Trainer argument as one line that starts with the flag it names."""
     text = " ".join(str(error).split()) or type(error).__name__
     found = (re.search(rf"\b{n}\b", text) for n in inspect.signature(L.Trainer.__init__).parameters)
     named = sorted((m.start(), m[0]) for m in found if m)  # the first the message names
     return f"--trainer.{named[0][1]}: {text}" if named else f"--trainer: {text}"
+
+
+def refuses_trainer_argument(error: Exception) -> bool:
+    """Whether Lightning itself raised `error` about a Trainer argument, named in its way (`name`, `Trainer(name=`)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    lightning = str(Path(inspect.getfile(L)).parent)
+    names = "|".join(inspect.signature(L.Trainer.__init__).parameters)
+    return bool(frames) and frames[-1].filename.startswith(lightning) and bool(
+        re.search(rf"`(?:Trainer\()?(?:{names})\b", str(error)))
 
 
 def tensorboard_installed() -> bool:
@@ -357,6 +388,13 @@ def flag_problem(message: str) -> str:
                        r"(?: - Expected a <class 'NoneType'>.*)?$", text)
     if nested:
         return f"--model.init_args.{nested[2]} ({nested[1]}): {nested[3]}"
+    literals = re.search(r'^Parser key "([^"]+)": Does not validate against any of the Union subtypes .*? Errors: '
+                         r'((?:- Expected a (?:typing\.Literal\[[^]]*\]|<class \'NoneType\'>) )+)Given value type: .*'
+                         r'Given value: (.*)$', text)
+    if literals:  # a choice of words or numbers (--trainer.precision): the choices, not the union they come from
+        values = [str(v) for group in re.findall(r"Literal\[([^]]*)\]", literals[2]) for v in ast.literal_eval(f"[{group}]")]
+        takes = ", ".join(dict.fromkeys(values)) + (" or null" if "NoneType" in literals[2] else "")
+        return f"--{literals[1]}: got {literals[3]}; it takes one of {takes}"
     unknown = re.search(r'^Parser key "model": .*Given value: (\S+)$', text)
     if unknown and "Expected a dot import path" in text:
         names = ", ".join(sorted(cls.__name__ for cls in TUTORIALS.values()))
@@ -378,6 +416,12 @@ def main(argv: list[str] | None = None) -> None:
             MnistCLI(args=tensorboard_folder(model_of_checkpoint(resolve_config_args(argv))))
     except SIGTERMException:  # a SystemExit without a code: Lightning would exit 0 and a scheduler see success
         raise SystemExit(128 + signal.SIGTERM) from None
+    except (MisconfigurationException, ValueError) as e:
+        # Lightning refuses some Trainer arguments only once the fit knows its data (a --trainer.val_check_interval
+        # beyond the epoch's batches), naming them `so`, before any batch runs
+        if isinstance(e, UserError) or not refuses_trainer_argument(e):
+            raise
+        raise UserError(trainer_problem(e)) from None
     finally:
         close_process_group()
 

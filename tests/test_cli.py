@@ -115,6 +115,9 @@ def test_bare_config_names():
                                      "to restriction v>0"),
     (["--model", "TinyMLP", "--model.init_args.dropout", "1.5"], "--model.init_args.dropout (TinyMLP): Not of type "
                                                                  "DropoutRate: 1.5 does not conform to restriction"),
+    (["--trainer.precision", "7"], "--trainer.precision: got 7; it takes one of 64, 32, 16, transformer-engine, "
+                                   "transformer-engine-float16, 16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, "
+                                   "64-true, bf16 or null"),
 ])
 def test_bad_flags_are_one_line_naming_the_flag_and_the_rule(args, expected, tmp_path: Path, capsys):
     # were parsing ever to succeed, a one-batch run into a temporary folder: nothing lands in the repo
@@ -213,9 +216,18 @@ def test_help_and_version_answer_before_the_heavy_imports():
 
 
 @pytest.mark.parametrize("flag, value, named", [("--trainer.max_epochs", "-5", "must be a non-negative integer"),
-                                                ("--trainer.devices", "0", "not a valid input"),
+                                                ("--trainer.devices", "0", "got 0; it takes a number of devices, 1 or more"),
                                                 ("--trainer.limit_train_batches", "-1", "invalid value -1"),
-                                                ("--trainer.strategy", "nope", "invalid strategy name")])
+                                                ("--trainer.strategy", "nope", "invalid strategy name"),
+                                                # accepted by Lightning, then a ZeroDivisionError at the first batch
+                                                ("--trainer.val_check_interval", "0", "got 0; it takes a fraction of an epoch"),
+                                                ("--trainer.accumulate_grad_batches", "0", "got 0; it takes a number of batches"),
+                                                ("--trainer.check_val_every_n_epoch", "0", "got 0; it takes a number of epochs"),
+                                                # accepted, and logged at every step
+                                                ("--trainer.log_every_n_steps", "-1", "got -1; it takes a number of steps, 1 or more, or 0"),
+                                                # refused by Lightning as the fit starts, once it knows the batches
+                                                ("--trainer.val_check_interval", "100000", "the number of the training "
+                                                                                           "batches")])
 def test_trainer_arguments_lightning_refuses_are_one_line(flag: str, value: str, named: str, data_root: Path,
                                                           tmp_path: Path, capsys):
     assert fit("softmax_regression", data_root, tmp_path, flag, value) == 1

@@ -122,3 +122,27 @@ def test_the_docs_commands_name_files_that_exist(doc: str):
             path = word.rpartition("=@")[2] if "=@" in word else word
             if re.search(r"\.(png|jpe?g|ya?ml|py|sbatch)$", path) and not path.startswith(("checkpoints/", "/")):
                 assert (REPO / path).is_file(), f"{doc}: {command.bare}: no {path}"
+
+
+def anchor(heading: str) -> str:
+    """A Markdown heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", READMES + sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")) + PAGES)
+def test_every_link_within_the_repository_reaches_its_file_and_heading(doc: str):
+    # a link to a renamed heading opens the top of the page on GitHub, silently: the reader lands elsewhere
+    broken = []
+    prose = re.sub(r"```.*?```|`[^`\n]*`|^ {4}[^\n]*$", "", text(doc), flags=re.S | re.M)  # code is not links
+    for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+        if re.match(r"^[a-z]+:", target):
+            continue  # http(s):, mailto:
+        path, _, fragment = target.partition("#")
+        file = (REPO / doc).parent / path if path else REPO / doc
+        if not file.exists():
+            broken.append(f"{target}: no file {file.relative_to(REPO) if file.is_relative_to(REPO) else file}")
+        elif fragment and file.suffix == ".md":
+            headings = {anchor(h) for h in re.findall(r"^#{1,6} (.*)$", file.read_text(encoding="utf-8"), re.M)}
+            if fragment not in headings:
+                broken.append(f"{target}: no heading #{fragment} in {file.relative_to(REPO)}")
+    assert not broken, broken

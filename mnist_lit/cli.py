@@ -60,7 +60,7 @@ class MnistCLI(LightningCLI):
             trainer_defaults={**defaults, "callbacks": callbacks},
             seed_everything_default=0, auto_configure_optimizers=False,
             # allow_abbrev off: a habit like --lr must not read as the start of --lr_scheduler
-            parser_kwargs={"description": __doc__.splitlines()[0], "allow_abbrev": False},
+            parser_kwargs={"prog": "python -m mnist_lit", "description": __doc__.splitlines()[0], "allow_abbrev": False},
             args=args, run=run, **kwargs,
         )
 
@@ -368,6 +368,10 @@ def check_device(accelerator: Any) -> None:
                     f"{here}); leave the flag out (auto picks what there is) or pass --trainer.accelerator cpu")
 
 
+TYPE_WORDS = {"int": ["a whole number"], "float": ["a number"], "bool": ["true", "false"], "str": ["text"],
+              "NoneType": ["null"]}
+
+
 def flag_problem(message: str) -> str:
     """jsonargparse's message as one line, the flag first: for a model's argument, the setting and the
     tutorial's rule (not the union of types it was tried against); for a config that is not there, the
@@ -388,13 +392,16 @@ def flag_problem(message: str) -> str:
                        r"(?: - Expected a <class 'NoneType'>.*)?$", text)
     if nested:
         return f"--model.init_args.{nested[2]} ({nested[1]}): {nested[3]}"
-    literals = re.search(r'^Parser key "([^"]+)": Does not validate against any of the Union subtypes .*? Errors: '
-                         r'((?:- Expected a (?:typing\.Literal\[[^]]*\]|<class \'NoneType\'>) )+)Given value type: .*'
-                         r'Given value: (.*)$', text)
-    if literals:  # a choice of words or numbers (--trainer.precision): the choices, not the union they come from
-        values = [str(v) for group in re.findall(r"Literal\[([^]]*)\]", literals[2]) for v in ast.literal_eval(f"[{group}]")]
-        takes = ", ".join(dict.fromkeys(values)) + (" or null" if "NoneType" in literals[2] else "")
-        return f"--{literals[1]}: got {literals[3]}; it takes one of {takes}"
+    union = re.search(r'^Parser key "([^"]+)": Does not validate against any of the Union subtypes .*? Errors: '
+                      r'((?:- Expected a (?:typing\.Literal\[[^]]*\]|<class \'\w+\'>) )+)Given value type: .*'
+                      r'Given value: (.*)$', text)
+    if union:  # `--trainer.precision 7`, `--trainer.max_epochs x`: what the flag takes, not the union it is made of
+        takes = []
+        for literal, kind in re.findall(r"Literal\[([^]]*)\]|<class '(\w+)'>", union[2]):
+            takes += [str(v) for v in ast.literal_eval(f"[{literal}]")] if literal else TYPE_WORDS.get(kind, [kind])
+        takes = list(dict.fromkeys(takes))
+        return f"--{union[1]}: got {union[3]}; it takes {'one of ' if len(takes) > 2 else ''}{', '.join(takes[:-1])}" \
+               f"{' or ' if len(takes) > 1 else ''}{takes[-1]}"
     unknown = re.search(r'^Parser key "model": .*Given value: (\S+)$', text)
     if unknown and "Expected a dot import path" in text:
         names = ", ".join(sorted(cls.__name__ for cls in TUTORIALS.values()))

@@ -118,6 +118,8 @@ def test_bare_config_names():
     (["--trainer.precision", "7"], "--trainer.precision: got 7; it takes one of 64, 32, 16, transformer-engine, "
                                    "transformer-engine-float16, 16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, "
                                    "64-true, bf16 or null"),
+    (["--trainer.max_epochs", "x"], "--trainer.max_epochs: got x; it takes a whole number or null"),
+    (["--trainer.deterministic", "maybe"], "--trainer.deterministic: got maybe; it takes one of true, false, warn or null"),
 ])
 def test_bad_flags_are_one_line_naming_the_flag_and_the_rule(args, expected, tmp_path: Path, capsys):
     # were parsing ever to succeed, a one-batch run into a temporary folder: nothing lands in the repo

@@ -9,9 +9,11 @@ pages; the pages are checked here against the script they were made from.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -59,9 +61,12 @@ def test_tutorial_runs_as_a_notebook(name: str, tmp_path: Path, monkeypatch: pyt
         if "show_source(" in cell.source.split("def show_source")[0]:  # mnist_lit's code, shown as it is now
             assert any("```python" in o.get("data", {}).get("text/markdown", "") for o in cell.outputs), cell.source
     written = {p.name for p in (tmp_path / "checkpoints" / "tutorials" / name).iterdir()}
-    assert {"curves.png", "confusion.png", "logs"} <= written
+    assert {"curves_en.png", "curves_zh.png", "confusion_en.png", "confusion_zh.png", "logs"} <= written
+    for cell in code:  # a figure drawn per language is shown once per language, each tagged for its page
+        tags = [o.get("metadata", {}).get("lang") for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert sorted(filter(None, tags)) == sorted(render.LANGS * (len(tags) // 2)) or not any(tags), cell.source
     if name == "tiny_mlp":  # saved, reloaded, exported, the exported file reloaded, and the photo classified
-        assert {"model.ckpt", "model.pt2", "photo.png"} <= written
+        assert {"model.ckpt", "model.pt2", "photo_en.png", "photo_zh.png"} <= written
         assert "same predictions: True" in stdout
         assert re.search(r"^photo, framed: \d \(", stdout, re.M), stdout
 
@@ -108,3 +113,68 @@ def test_notebooks_keep_one_language(tmp_path: Path):
     markdown = [c for c in notebook["cells"] if c["cell_type"] == "markdown"]
     assert markdown and all(c["metadata"]["lang"] == "zh" for c in markdown)
     assert sum(c["cell_type"] == "code" for c in notebook["cells"]) == sum(c.cell_type == "code" for c in source.cells)
+
+
+def prose(page: str) -> str:
+    """A rendered page without its code and outputs (the fenced blocks)."""
+    return re.sub(r"^```.*?^```$", "", page, flags=re.M | re.S)
+
+
+@pytest.mark.parametrize("lang", render.LANGS)
+@pytest.mark.parametrize("name", NAMES)
+def test_page_quotes_only_its_own_result(name: str, lang: str):
+    """A test accuracy in a page's text (0.dddd) is the one its own `Test:` line printed, so that the text
+    cannot drift from the run shown under it; and no page names a temporary folder of the run that made it."""
+    page = (render.PAGES[lang] / f"{name}.md").read_text()
+    accuracy = re.search(r"^Test: loss: [\d.]+ - acc: ([\d.]+)$", page, re.M)[1]
+    for quoted in re.findall(r"(?<![\d.])0\.\d{4}(?!\d)", prose(page)):
+        assert quoted == accuracy, f"{render.PAGES[lang].name}/{name}.md quotes {quoted}; its Test line says {accuracy}"
+    assert "/tmp/" not in page and tempfile.gettempdir() not in page
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pages_explain_the_lightning_they_show(name: str):
+    """Each page, in each language, maps Keras' calls to Lightning's in a table and walks through the training
+    step line by line, and the DataModule calls it makes by hand; every line it quotes (a list item that
+    opens with code) is in the LightningModule's source as it is now or in the page's own code, so neither
+    walk-through can describe a line that no longer exists."""
+    from mnist_lit.models.base import Tutorial
+
+    source = inspect.getsource(Tutorial)
+    code = "\n".join(cell.source for cell in render.read(name).cells if cell.cell_type == "code")
+    for lang in render.LANGS:
+        text = "\n".join(cell.source for cell in render.read(name).cells
+                         if cell.cell_type == "markdown" and cell.metadata.get("lang") == lang)
+        for keras, lightning in (("model.compile", "configure_optimizers"), ("model.fit", ".fit(model"),
+                                 ("History", "metrics.csv"), ("model.evaluate", "trainer.test"),
+                                 ("model.predict", "trainer.predict")):
+            row = rf"^\| `{re.escape(keras)}[^|]*\|.*{re.escape(lightning)}"  # | `keras...` | ...lightning... |
+            assert re.search(row, text, re.M), (name, lang, keras)
+        quoted = re.findall(r"^- `([^`]+)`", text, re.M)
+        assert sum(line in source for line in quoted) >= 5, (name, lang, quoted)  # the training step's lines
+        assert sum(line.startswith("dm.") for line in quoted) >= 3, (name, lang, quoted)  # the DataModule's calls
+        for line in quoted:
+            assert line in source or line in code, f"{name}.py ({lang}) quotes `{line}`: in neither Tutorial nor the page"
+        assert "zero_grad" in text and "automatic_optimization" in text, (name, lang)
+
+
+def test_a_page_shows_only_its_own_languages_figures():
+    """An output tagged with a language (a figure with words in it, drawn once per language) goes to that
+    language's page only; untagged outputs go to both."""
+    cell = nbformat.v4.new_code_cell("draw()")
+    cell.outputs = [nbformat.v4.new_output("display_data", {"image/png": "AA=="}, metadata=meta)
+                    for meta in ({}, {"lang": "en"}, {"lang": "zh"})]
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    figures = {(0, 0): "both.png", (0, 1): "en.png", (0, 2): "zh.png"}
+    for lang, other in (("en", "zh"), ("zh", "en")):
+        page = render.markdown(notebook, "x", lang, figures)
+        assert "both.png" in page and f"{lang}.png" in page and f"{other}.png" not in page
+
+
+def test_a_page_names_no_folder_of_the_kernel(tmp_path: Path):
+    """A path under the folder the kernel ran in is shown relative to it (the folder is temporary)."""
+    cell = nbformat.v4.new_code_cell("print(path)")
+    text = f"wrote {tmp_path}/logs/metrics.csv in {tmp_path}\n"
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+    page = render.markdown(nbformat.v4.new_notebook(cells=[cell]), "x", "en", {}, tmp_path)
+    assert "wrote logs/metrics.csv in ." in page and str(tmp_path) not in page

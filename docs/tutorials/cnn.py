@@ -5,33 +5,48 @@
 #
 # The Keras CNN tutorial: three blocks of a 3 x 3 convolution with ReLU and a 2 x 2 max-pool (32, 64
 # and 64 filters), then Dense layers of 64, 500 and 10; RMSprop, 10 epochs of batches of 128. The
-# tutorial reports 98.68% test accuracy; mnist_lit reaches 0.9880 with seed 0 (the README's table), and
-# the `Test:` line below is this page's own run.
+# tutorial reports 98.68% test accuracy; this page's own run prints its result in step 5, on the `Test:`
+# line.
 #
 # The steps follow the tutorial's order, and each names the Keras call it replaces. The code is plain
-# Lightning (`L.Trainer`, a `CSVLogger`) around mnist_lit's LightningModule, whose source is shown as it
-# is. This file is a jupytext `py:percent` script: plain Python that opens as a notebook (`make notebook`,
-# see the README). `make docs` executes it and writes this page with its outputs.
+# Lightning around mnist_lit's LightningModule, whose source is shown as it is. Where Keras' calls went:
 #
-# `MNIST_LIT_TUTORIAL_EPOCHS=1` trains 1 epoch instead of 10 (the tests set it); unset, the published
-# recipe runs in full.
+# | Keras | Lightning |
+# | --- | --- |
+# | `model.compile(optimizer, loss, metrics)` | methods of the LightningModule: `configure_optimizers` returns the optimizer; the loss and the metrics are computed in the step |
+# | `model.fit(x, y, epochs, batch_size)` | `Trainer(max_epochs=...).fit(model, datamodule=dm)`; the batch size is the DataModule's |
+# | `History` | the logger: `metrics.csv` from a `CSVLogger` (or TensorBoard's files) |
+# | `model.evaluate(x, y)` | `trainer.test(model, datamodule=dm)` |
+# | `model.predict(x)` | `trainer.predict(model, datamodule=dm)` |
+#
+# This file is a jupytext `py:percent` script, plain Python that opens as a notebook (`make notebook`, see
+# the README); `make docs` executes it and writes this page. `MNIST_LIT_TUTORIAL_EPOCHS=1` trains 1 epoch
+# instead of 10 (the tests set it); unset, the published recipe runs in full.
 
 # %% [markdown] lang="zh"
 # # cnn：Keras 的卷积神经网络，用 Lightning 来写
 #
 # [English](../cnn.md) · [术语对照](../../glossary.md)
 #
-# Keras 的 CNN 教程：三组“3 x 3 卷积 + ReLU + 2 x 2 最大池化”（卷积核个数依次为 32、64、64），再接 64、500、
-# 10 个单元的 Dense 层；优化器用 RMSprop，批量大小 128，训练 10 轮。原教程给出的测试准确率是 98.68%；
-# mnist_lit 在随机种子 0 下得到 0.9880（见 README 的表格），下面 `Test:` 那一行是本页这次运行的结果。
+# 这是 Keras 的 CNN 教程。网络由三组“3 x 3 卷积 + ReLU + 2 x 2 最大池化”组成（卷积核个数依次为 32、64、
+# 64），后面接 64、500、10 个单元的全连接层（Dense 层）；优化器用 RMSprop，批量大小 128，训练 10 轮（epoch，
+# 即把整个训练集过一遍）。原教程的测试准确率是 98.68%，本页这次运行的结果见第 5 步 `Test:` 那一行。
 #
-# 本页按原教程的顺序一步一步来，每一步都说明它替代的是哪个 Keras 调用。代码是普通的 Lightning 写法
-# （`L.Trainer`、`CSVLogger`），训练逻辑在 mnist_lit 的 LightningModule 里，页面上直接显示它的源代码。
-# 代码与英文版共用，所以注释和输出是英文的；术语见[术语对照](../../glossary.md)。源文件 `cnn.py` 是
-# jupytext 的 `py:percent` 脚本，也能当作 notebook 打开（`make notebook`，见 README）；`make docs` 运行它并
-# 生成本页。
+# 本页按原教程的顺序往下走，每一步先说它替代的是哪个 Keras 调用。训练逻辑在 mnist_lit 的 LightningModule
+# 里，页面上显示的就是它现在的源代码。Keras 的几个调用在 Lightning 里分别对应：
 #
-# 设置 `MNIST_LIT_TUTORIAL_EPOCHS=1` 只训练 1 轮而不是 10 轮（测试就是这样做的）；不设置时按原教程完整训练。
+# | Keras | Lightning |
+# | --- | --- |
+# | `model.compile(optimizer, loss, metrics)` | LightningModule 的方法：`configure_optimizers` 返回优化器，损失和指标在训练步里计算 |
+# | `model.fit(x, y, epochs, batch_size)` | 训练器（Trainer）：`Trainer(max_epochs=...).fit(model, datamodule=dm)`；批量大小由数据模块决定 |
+# | `History` | 日志记录器：`CSVLogger` 写的 `metrics.csv`（或 TensorBoard 的日志） |
+# | `model.evaluate(x, y)` | `trainer.test(model, datamodule=dm)` |
+# | `model.predict(x)` | `trainer.predict(model, datamodule=dm)` |
+#
+# 代码与英文版共用一份，所以注释和输出是英文的；术语的译法见[术语对照](../../glossary.md)。源文件 `cnn.py`
+# 是 jupytext 的 `py:percent` 脚本，也能当作 notebook 打开（`make notebook`，见 README）；`make docs` 运行它
+# 并生成本页。设置 `MNIST_LIT_TUTORIAL_EPOCHS=1` 只训练 1 轮（测试就是这样做的）；不设置时按原教程完整训练
+# 10 轮。
 
 # %%
 import inspect
@@ -66,8 +81,11 @@ report.chinese_fonts()  # a CJK font as fallback, for figures with Chinese text 
 L.seed_everything(0)  # the CLI's default seed, so this run starts where `fit --config cnn` does
 
 
-def show(path):  # a figure written to a file, shown in the notebook
-    display(Image(filename=str(path)))
+LANGS = ("en", "zh")  # a figure with words in it is drawn once per language; each page shows its own
+
+
+def show(path, lang=None):  # a figure written to a file, shown in the notebook (`lang`: on that page only)
+    display(Image(filename=str(path)), metadata={"lang": lang} if lang else None)
 
 
 def show_source(*objects):  # mnist_lit's code as it is now: read when the notebook runs, never a copy
@@ -78,19 +96,34 @@ def show_source(*objects):  # mnist_lit's code as it is now: read when the noteb
 # %% [markdown] lang="en"
 # ## 1. Load the data and look at it
 #
-# Keras: `keras.datasets.mnist.load_data()`, then `reshape((60000, 28, 28, 1))` to give the
-# convolutions a channel axis. `MNISTDataModule` finds the MNIST files the repo ships in
-# `data/MNIST/raw` and serves batches that already have one: N x 1 x 28 x 28, channels first, as
-# PyTorch's `Conv2d` takes them (Keras puts the channel last, N x 28 x 28 x 1). Labels stay class
-# indices 0-9: the loss takes indices, so there is no `to_categorical`.
+# Keras: `keras.datasets.mnist.load_data()`, then `reshape((60000, 28, 28, 1))` to give the convolutions
+# a channel axis. Here a DataModule owns the data; the Trainer calls its methods itself during `fit`, and
+# they are called by hand below only to look at a batch first:
+#
+# - `MNISTDataModule(batch_size=128)` records the settings and reads nothing yet;
+# - `dm.prepare_data()` makes sure the files are on disk (the repo ships them in `data/MNIST/raw`; it
+#   decompresses them there once), the one call Lightning makes once per machine;
+# - `dm.setup("fit")` reads the training images into memory, in every process;
+# - `dm.train_dataloader()` serves them in batches, shuffled again each epoch.
+#
+# The batches already have a channel axis: N x 1 x 28 x 28, channels first, as PyTorch's `Conv2d` takes
+# them (Keras puts the channel last, N x 28 x 28 x 1). Labels stay class indices 0-9, which the loss
+# takes as they are: no `to_categorical`.
 
 # %% [markdown] lang="zh"
 # ## 1. 读入数据，看一看
 #
-# Keras：`keras.datasets.mnist.load_data()`，再 `reshape((60000, 28, 28, 1))`，给卷积层加上通道这一维。
-# `MNISTDataModule` 读取仓库自带的 `data/MNIST/raw` 中的 MNIST 文件，给出的批量已经带有通道维：
-# N x 1 x 28 x 28，通道在前，这是 PyTorch 的 `Conv2d` 要求的格式（Keras 把通道放在最后，N x 28 x 28 x 1）。
-# 标签仍是 0-9 的类别编号：损失函数直接接受类别编号，所以不需要 `to_categorical`。
+# Keras 先调用 `keras.datasets.mnist.load_data()`，再 `reshape((60000, 28, 28, 1))`，给卷积层加上通道这一维。
+# 这里数据归数据模块管，`fit` 时训练器会自己调用它的方法；下面手工调用，只是为了先看一个批量：
+#
+# - `MNISTDataModule(batch_size=128)` 只记下设置，还不读文件；
+# - `dm.prepare_data()` 保证数据文件在磁盘上（仓库自带 `data/MNIST/raw`，它在原地解压一次），Lightning 在
+#   每台机器上只调用它一次；
+# - `dm.setup("fit")` 把训练图片读进内存，每个进程都会调用；
+# - `dm.train_dataloader()` 按批量给出这些图片，每轮重新打乱。
+#
+# 批量已经带有通道维，形状是 N x 1 x 28 x 28，通道在前，正是 PyTorch 的 `Conv2d` 要求的格式（Keras 把通道
+# 放在最后，N x 28 x 28 x 1）。标签仍是 0-9 的类别编号，损失函数直接接受，不必用 `to_categorical` 转成独热编码。
 
 # %%
 dm = MNISTDataModule(batch_size=128)  # the batch size Keras passes to model.fit
@@ -112,22 +145,23 @@ show(report.plot_images(images[:16], [str(int(y)) for y in labels[:16]], OUT / "
 # `activation` is two layers here, `nn.Conv2d` and `nn.ReLU`; `nn.Conv2d` is told its input channels
 # (1, then 32, then 64), which Keras infers. `CNN` is the LightningModule that holds the network as
 # `model.net` with the tutorial's recipe. Weights start as Keras' do (glorot-uniform, zero biases), so
-# the parameter count matches Keras' summary. The last layer returns logits, with no softmax: the loss is
-# cross-entropy on logits, the same value as softmax followed by categorical cross-entropy, computed in
-# one stable step.
+# the parameter count matches Keras' summary. The last layer returns logits, the scores before softmax
+# turns them into probabilities: the loss is cross-entropy on logits, the same value as softmax followed
+# by categorical cross-entropy, computed in one stable step.
 
 # %% [markdown] lang="zh"
 # ## 2. 搭建网络
 #
 # Keras：`layers.Conv2D(32, (3, 3), activation="relu")`、`layers.MaxPooling2D((2, 2))` 等，接着
 # `layers.Flatten()`、`layers.Dense(64, activation="relu")`、`layers.Dense(500, activation="relu")`、
-# `layers.Dense(10, activation="softmax")`；最后 `model.summary()`。
+# `layers.Dense(10, activation="softmax")`，最后 `model.summary()`。
 #
-# `CNNNet` 就是这一串层，写成普通的 `nn.Sequential`，顺序与 Keras 相同。Keras 中带 `activation` 参数的
-# `Conv2D`，在这里是两层：`nn.Conv2d` 和 `nn.ReLU`；`nn.Conv2d` 需要写明输入通道数（1、32、64），Keras 会
-# 自动推断。`CNN` 是 LightningModule，把网络存为 `model.net`，并带上原教程的训练配方。权重初始化与 Keras
-# 相同（glorot-uniform 权重、零偏置），所以参数个数与 Keras 的摘要一致。最后一层输出 logits，不做
-# softmax：损失是基于 logits 的交叉熵，数值上等于 softmax 加分类交叉熵，但一步算完，更稳定。
+# `CNNNet` 就是这一串层，写成普通的 `nn.Sequential`，顺序与 Keras 相同。Keras 里带 `activation` 参数的
+# `Conv2D`，在这里拆成 `nn.Conv2d` 和 `nn.ReLU` 两层；`nn.Conv2d` 要写明输入通道数（1、32、64），Keras 则会
+# 自动推断。`CNN` 是 LightningModule，网络存放在它的 `model.net` 里，原教程的训练配方是它的默认参数。权重
+# 初始化与 Keras 相同（glorot-uniform 权重、零偏置），所以参数个数与 Keras 的模型摘要一致。最后一层不做
+# softmax（归一化指数函数，把分数变成概率），输出的是 logits，即未经 softmax 的分数。损失用基于 logits 的
+# 交叉熵，数值上等于先做 softmax 再算分类交叉熵，但一步算完，更稳定。
 
 # %%
 show_source(CNNNet, CNN)
@@ -138,23 +172,61 @@ print(report.keras_summary(model.net, model.name))
 # ## 3. Compile it
 #
 # Keras: `model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])`.
+# Keras' `compile` compiles no code itself: it records the optimizer, the loss and the metrics for `fit` (its
+# `jit_compile` option decides whether `fit` has XLA compile the step, which Keras 3 does by default where it
+# can). mnist_lit compiles nothing: its step runs as the Python below.
 #
-# The LightningModule holds what `compile` configures: `step` computes the loss and the metrics
-# (torchmetrics), `training_step` returns the loss and Lightning runs the backward pass, the optimizer's
-# update and `zero_grad` around it, and `configure_optimizers` builds the optimizer, here `KerasRMSprop` (`mnist_lit/optim.py`),
-# which adds eps inside the square root as Keras does, `w -= lr * g / sqrt(v + eps)`;
-# `torch.optim.RMSprop` adds it outside, `sqrt(v) + eps`, and its weights drift away from Keras' within
-# a few steps. The five tutorials share these methods ([dense512](dense512.md) walks through them):
+# In Lightning these are methods of the LightningModule, shared by the five tutorials. The training step,
+# line by line:
+#
+# - `x, y = batch`: a batch from the DataModule, images divided by 255, and their class indices;
+# - `logits = self(x)`: the forward pass through the convolutions and Dense layers;
+# - `loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction)`: cross-entropy on logits,
+#   the mean over the batch;
+# - `self.metrics[f"{stage}_acc"].update(logits.detach(), y)`: the epoch's accuracy (and loss) add this
+#   batch; the logger records them once per epoch;
+# - `return loss` in `training_step`: no backward, no optimizer call.
+#
+# Lightning's *automatic optimization* does the rest for each batch: the optimizer's `zero_grad()` sets
+# every weight's gradient back to zero (torch in fact sets `.grad` to `None`; else this batch's gradients would
+# add to the last one's),
+# `loss.backward()` computes new ones, and the optimizer's `step()` updates the weights. (In *manual
+# optimization*, `self.automatic_optimization = False`, the step makes those calls itself; mnist_lit
+# does not use it.) What only changes the speed stays outside the step, in the `SpeedDevices` callback
+# (`mnist_lit/speed.py`): the thread count, chosen each epoch; this network's convolution weights kept
+# channels-last on the CPU; denormal numbers flushed to zero.
+#
+# `configure_optimizers` builds the optimizer, `KerasRMSprop` (`mnist_lit/optim.py`), which adds eps
+# inside the square root as Keras does, `w -= lr * g / sqrt(v + eps)`; `torch.optim.RMSprop` adds it
+# outside, `sqrt(v) + eps`, and its weights drift away from Keras' within a few steps.
+# [dense512](dense512.md) walks through these methods at more length.
 
 # %% [markdown] lang="zh"
 # ## 3. 编译模型
 #
 # Keras：`model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])`。
+# Keras 的 `compile` 本身并不编译代码，它只是记下 `fit` 要用的优化器、损失和指标（它的 `jit_compile` 选项决定 `fit` 是否让 XLA 编译训练步，Keras 3
+# 在可行时默认这样做）。mnist_lit 不编译任何东西，
+# 训练步就按下面的 Python 代码执行。
 #
-# `compile` 配置的东西都在 LightningModule 里：`step` 计算损失和指标（torchmetrics），`training_step` 返回损失，
-# 反向传播、优化器更新和 `zero_grad` 由 Lightning 在它前后执行；`configure_optimizers` 创建优化器。这里是 `KerasRMSprop`（`mnist_lit/optim.py`），它和 Keras 一样把 eps 加在平方根里面，
-# `w -= lr * g / sqrt(v + eps)`；`torch.optim.RMSprop` 加在外面，`sqrt(v) + eps`，几步之后权重就和 Keras
-# 的不一样了。五个教程共用这些方法（[dense512](dense512.md) 一页有逐条说明）：
+# 在 Lightning 里，这些都是 LightningModule 的方法，五个教程共用。训练步逐行来看：
+#
+# - `x, y = batch`：数据模块给的一个批量，图片已除以 255，标签是类别编号；
+# - `logits = self(x)`：前向传播，依次经过卷积层和全连接层；
+# - `loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction)`：基于 logits 的交叉熵，对批量取平均；
+# - `self.metrics[f"{stage}_acc"].update(logits.detach(), y)`：把这个批量计入本轮的准确率（损失也一样），
+#   日志记录器每轮记录一次；
+# - `training_step` 里的 `return loss`：不做反向传播，也不调用优化器。
+#
+# 其余的事由 Lightning 的**自动优化**对每个批量完成：优化器的 `zero_grad()` 把每个权重的梯度清零（torch 实际上是把 `.grad` 设成 `None`；否则这个
+# 批量的梯度会加到上一个批量的梯度上），`loss.backward()` 算出新的梯度，优化器的 `step()` 更新权重。（如果
+# 用**手动优化**，即 `self.automatic_optimization = False`，这几步要在训练步里自己调用；mnist_lit 不用。）
+# 只影响速度的手段都不在训练步里，而在 `SpeedDevices` 回调（`mnist_lit/speed.py`）中：每轮选择线程数，在
+# CPU 上让这个网络的卷积权重采用通道在后的内存布局，把非规格化浮点数当作零。
+#
+# `configure_optimizers` 创建优化器 `KerasRMSprop`（`mnist_lit/optim.py`）。它和 Keras 一样把 eps 加在平方根
+# 里面，`w -= lr * g / sqrt(v + eps)`；`torch.optim.RMSprop` 加在外面，`sqrt(v) + eps`，几步之后权重就和
+# Keras 的不一样了。[dense512](dense512.md) 一页对这些方法讲得更详细。
 
 # %%
 show_source(Tutorial.step, Tutorial.training_step, Tutorial.configure_optimizers)
@@ -176,9 +248,9 @@ print(model.configure_optimizers())
 #
 # Keras：先把图片除以 255，再 `model.fit(train_images, train_labels, epochs=10, batch_size=128)`。
 #
-# 训练循环由 Lightning 的 `Trainer` 执行。数据模块在设备上把每个批量除以 255（`on_after_batch_transfer`），
-# 不减均值、不除标准差，和原教程一样。`CSVLogger` 记录每一轮的指标（相当于 Keras 的 `History`）；
-# mnist_lit 的进度回调 `EpochLine` 每轮打印一行 Keras 风格的输出。
+# 训练循环由训练器执行。数据模块在设备上把每个批量除以 255（`on_after_batch_transfer`），不减均值、不除
+# 标准差，和原教程一样。`CSVLogger` 记录每一轮的指标（相当于 Keras 的 `History`）；mnist_lit 的进度回调
+# `EpochLine` 每轮打印一行 Keras 风格的输出。
 
 # %%
 logger = CSVLogger(OUT, name="logs")  # OUT/logs/version_0/metrics.csv, one row per epoch
@@ -211,13 +283,14 @@ print(f"Test: loss: {results['test_loss']:.4f} - acc: {results['test_acc']:.4f}"
 # %% [markdown] lang="zh"
 # ## 6. 画出训练曲线
 #
-# Keras：用 matplotlib 画 `history.history` 里的列表；这里从日志记录器的 `metrics.csv` 读出同样的数据。
-# 原教程没有验证集，所以每个指标只有训练曲线；虚线是上面的测试结果。
+# Keras 用 matplotlib 画 `history.history` 里的列表；这里从日志记录器的 `metrics.csv` 读出同样的数据。原教程
+# 没有验证集，所以每个指标只有训练曲线；虚线是上面的测试结果。
 
 # %%
 history = report.logged_history(logger.log_dir)  # metrics.csv as Keras' history.history
-report.plot_curves(history, OUT / "curves.png", test=results)
-show(OUT / "curves.png")
+for lang in LANGS:
+    report.plot_curves(history, OUT / f"curves_{lang}.png", test=results, lang=lang)
+    show(OUT / f"curves_{lang}.png", lang)
 
 # %% [markdown] lang="en"
 # ## 7. Predict
@@ -229,27 +302,31 @@ show(OUT / "curves.png")
 # %% [markdown] lang="zh"
 # ## 7. 预测
 #
-# Keras：`model.predict(test_images)`，得到每张图片的 10 个概率。`trainer.predict` 在测试图片上运行模块的
-# `predict_step`（网络，再加 softmax）。下面的混淆矩阵显示错误出在哪里：行是真实类别，列是预测类别。
+# Keras 的 `model.predict(test_images)` 给出每张图片的 10 个概率。`trainer.predict` 在测试图片上运行模块的
+# `predict_step`（先过网络，再做 softmax）。下面的混淆矩阵显示错误出在哪里，行是真实类别，列是预测类别。
 
 # %%
 probs = torch.cat(trainer.predict(model, datamodule=dm))  # 10000 x 10
 test_images, test_labels = dm.test_set()
 predicted = probs.argmax(1)
 matrix = confusion_matrix(predicted, test_labels, task="multiclass", num_classes=10)
-report.plot_confusion(matrix.tolist(), list(dm.classes), OUT / "confusion.png", results["test_acc"])
-show(OUT / "confusion.png")
+for lang in LANGS:
+    report.plot_confusion(matrix.tolist(), list(dm.classes), OUT / f"confusion_{lang}.png", results["test_acc"],
+                          lang=lang)
+    show(OUT / f"confusion_{lang}.png", lang)
 
 # %% [markdown] lang="en"
-# The mistakes the network is surest of, out of all 10,000 test images:
+# The twelve mistakes the network is surest of, out of all 10,000 test images, most confident first.
 
 # %% [markdown] lang="zh"
-# 在全部 10,000 张测试图片中，网络最有把握却判断错了的那些：
+# 下面是 10,000 张测试图片里网络错得最有把握的 12 张，按它给错误答案的概率从高到低排列。
 
 # %%
 confidence = probs.max(1).values
 wrong = (predicted != test_labels).nonzero().flatten()
 worst = wrong[confidence[wrong].argsort(descending=True)][:12]
-report.plot_misclassified(test_images[worst], [str(int(t)) for t in test_labels[worst]],
-                          [str(int(p)) for p in predicted[worst]], confidence[worst].tolist(), OUT / "mistakes.png")
-show(OUT / "mistakes.png")
+for lang in LANGS:
+    report.plot_misclassified(test_images[worst], [str(int(t)) for t in test_labels[worst]],
+                              [str(int(p)) for p in predicted[worst]], confidence[worst].tolist(),
+                              OUT / f"mistakes_{lang}.png", lang=lang)
+    show(OUT / f"mistakes_{lang}.png", lang)

@@ -8,7 +8,9 @@ link to. `make docs` runs this; the pages are never edited by hand.
 One source per tutorial holds both languages. `<name>.py` is a jupytext `py:percent` script: its code
 cells are written once, and each markdown cell is there twice, tagged in its cell header with the
 language it is written in (`# %% [markdown] lang="en"` / `lang="zh"`; untagged cells go to both pages).
-A page keeps the markdown cells of its language and every code cell with its outputs. Why this mechanism:
+A page keeps the markdown cells of its language and every code cell with its outputs, except an output
+tagged with the other language (`display(..., metadata={"lang": "zh"})`): a figure with words in it is
+drawn once per language in the same run, and each page shows its own. Why this mechanism:
 - the code cannot differ between the languages, because there is one copy of it, and both pages come from
   one execution, so their outputs and figures are the same run's (half the time of two runs, too);
 - the two texts of a step sit next to each other in the source, so whoever changes one sees the other;
@@ -20,7 +22,7 @@ rarely and is translated by others later, not pages whose code and text change t
 Each tutorial runs in a Jupyter kernel (jupytext -> notebook, nbclient executes it) from an empty
 temporary folder, so what it writes (checkpoints, figures) stays out of the repo. The kernel imports this
 repo's mnist_lit, with OpenMP threads that wait passively (OMP_WAIT_POLICY, unless set). Paths inside the
-repo are shown relative to it, so a page does not name the machine that rendered it.
+repo, or in the kernel's temporary folder, are shown relative to it, so a page names no machine's folders.
 MNIST_LIT_TUTORIAL_EPOCHS is removed for pages: they show the published recipe in full.
 
 `--notebooks DIR` (`make notebook`) writes the tutorials as `.ipynb` files into DIR instead, in one
@@ -140,9 +142,12 @@ def write_figures(notebook: nbformat.NotebookNode, name: str) -> dict[tuple[int,
     return written
 
 
-def markdown(notebook: nbformat.NotebookNode, name: str, lang: str, figures: dict[tuple[int, int], str]) -> str:
+def markdown(notebook: nbformat.NotebookNode, name: str, lang: str, figures: dict[tuple[int, int], str],
+             cwd: Path | None = None) -> str:
     """The executed notebook as a GitHub page in one language: its markdown cells as they are, code in
-    fences, then its output (streams merged in order, figures as links, markdown shown as markdown)."""
+    fences, then its output (streams merged in order, figures as links, markdown shown as markdown; an
+    output tagged with another language left out). Paths in the repo and in `cwd`, the folder the kernel
+    worked in, are written relative to them."""
     folder = os.path.relpath(HERE / f"{name}_files", PAGES[lang])
     parts = [BANNER[lang].format(name=name)]
     for i, cell in enumerate(notebook.cells):
@@ -153,6 +158,8 @@ def markdown(notebook: nbformat.NotebookNode, name: str, lang: str, figures: dic
         parts.append(f"```python\n{cell.source}\n```")
         text = ""
         for k, output in enumerate(cell.get("outputs", [])):
+            if output.get("metadata", {}).get("lang", lang) != lang:
+                continue
             if output.output_type == "stream":
                 text += output.text
                 continue
@@ -168,7 +175,11 @@ def markdown(notebook: nbformat.NotebookNode, name: str, lang: str, figures: dic
                 parts.append(fence(data["text/plain"]))
         if text:
             parts.append(fence(text))
-    return "\n\n".join(parts).replace(f"{REPO}/", "") + "\n"
+    text = "\n\n".join(parts).replace(f"{REPO}/", "")
+    if cwd is not None:  # the kernel's folder resolved too (a temporary folder may be reached by a link)
+        for folder in {str(cwd), str(cwd.resolve())}:
+            text = text.replace(f"{folder}/", "").replace(folder, ".")
+    return text + "\n"
 
 
 def kernel_environment() -> None:
@@ -186,9 +197,9 @@ def render(names: list[str]) -> None:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"tutorial-{name}-") as cwd:
             notebook = execute(read(name), Path(cwd))
-        figures = write_figures(notebook, name)
-        for lang in LANGS:
-            (PAGES[lang] / f"{name}.md").write_text(markdown(notebook, name, lang, figures))
+            figures = write_figures(notebook, name)
+            for lang in LANGS:
+                (PAGES[lang] / f"{name}.md").write_text(markdown(notebook, name, lang, figures, Path(cwd)))
         print(f"wrote docs/tutorials/{name}.md and docs/tutorials/zh/{name}.md "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
 

@@ -6,35 +6,49 @@
 # The oldest of the five: softmax regression, `y = softmax(x W + b)` with `x` the 784 pixels, `W` a
 # 784 x 10 matrix and `b` 10 biases, all starting at zero; plain gradient descent at a learning rate of
 # 0.001 on the cross-entropy *summed* over each batch of 64, for 2000 steps (a little over two epochs).
-# mnist_lit reaches a test accuracy of 0.9124 with seed 0 (the README's table); the `Test:` line below is
-# this page's own run.
+# This page's own run prints its test accuracy in step 5, on the `Test:` line.
 #
 # TF1 had no Keras model: each step names the TF1 call it replaces, in the tutorial's order. The code is
-# plain Lightning (`L.Trainer`, a `CSVLogger`) around mnist_lit's LightningModule, whose source is shown
-# as it is. This file is a jupytext `py:percent` script: plain Python that opens as a notebook (`make
-# notebook`, see the README). `make docs` executes it and writes this page with its outputs.
+# plain Lightning around mnist_lit's LightningModule, whose source is shown as it is. For a reader who
+# knows Keras, where its calls went:
 #
-# `MNIST_LIT_TUTORIAL_EPOCHS=1` stops training after 1 epoch (938 of the 2000 steps; the tests set
-# it); unset, the published recipe runs in full.
+# | Keras | Lightning |
+# | --- | --- |
+# | `model.compile(optimizer, loss, metrics)` | methods of the LightningModule: `configure_optimizers` returns the optimizer; the loss and the metrics are computed in the step |
+# | `model.fit(x, y, epochs, batch_size)` | `Trainer(max_steps=...).fit(model, datamodule=dm)`; the batch size is the DataModule's |
+# | `History` | the logger: `metrics.csv` from a `CSVLogger` (or TensorBoard's files) |
+# | `model.evaluate(x, y)` | `trainer.test(model, datamodule=dm)` |
+# | `model.predict(x)` | `trainer.predict(model, datamodule=dm)` |
+#
+# This file is a jupytext `py:percent` script, plain Python that opens as a notebook (`make notebook`, see
+# the README); `make docs` executes it and writes this page. `MNIST_LIT_TUTORIAL_EPOCHS=1` stops training
+# after 1 epoch (938 of the 2000 steps; the tests set it); unset, the published recipe runs in full.
 
 # %% [markdown] lang="zh"
 # # softmax_regression：TF1 的 "MNIST for ML beginners"，用 Lightning 来写
 #
 # [English](../softmax_regression.md) · [术语对照](../../glossary.md)
 #
-# 五个教程里最早的一个：softmax 回归，`y = softmax(x W + b)`，其中 `x` 是 784 个像素，`W` 是 784 x 10 的
-# 矩阵，`b` 是 10 个偏置，初始值全为零；用普通的梯度下降，学习率 0.001，损失是每个批量（64 张图片）交叉熵
-# 的*总和*，训练 2000 步（两轮多一点）。mnist_lit 在随机种子 0 下的测试准确率是 0.9124（见 README 的表格），
-# 下面 `Test:` 那一行是本页这次运行的结果。
+# 这是五个教程里最早的一个：softmax 回归。softmax 是归一化指数函数，把一组分数变成概率。模型是
+# `y = softmax(x W + b)`，其中 `x` 是 784 个像素，`W` 是 784 x 10 的矩阵，`b` 是 10 个偏置，初始值全为零。
+# 训练用普通的梯度下降，学习率 0.001，损失是每个小批量（64 张图片）交叉熵的*总和*，共 2000 步，略多于两轮
+# （epoch，即把整个训练集过一遍）。本页这次运行的测试准确率见第 5 步 `Test:` 那一行。
 #
-# TF1 还没有 Keras 模型，所以每一步说明的是它替代的 TF1 调用，顺序与原教程相同。代码是普通的 Lightning
-# 写法（`L.Trainer`、`CSVLogger`），训练逻辑在 mnist_lit 的 LightningModule 里，页面上直接显示它的源代码。
-# 代码与英文版共用，所以注释和输出是英文的；术语见[术语对照](../../glossary.md)。源文件
+# TF1 还没有 Keras 模型，所以每一步说明的是它替代的 TF1 调用，顺序与原教程相同。训练逻辑在 mnist_lit 的
+# LightningModule 里，页面上显示的就是它现在的源代码。熟悉 Keras 的读者可以对照下表：
+#
+# | Keras | Lightning |
+# | --- | --- |
+# | `model.compile(optimizer, loss, metrics)` | LightningModule 的方法：`configure_optimizers` 返回优化器，损失和指标在训练步里计算 |
+# | `model.fit(x, y, epochs, batch_size)` | 训练器（Trainer）：`Trainer(max_steps=...).fit(model, datamodule=dm)`；批量大小由数据模块决定 |
+# | `History` | 日志记录器：`CSVLogger` 写的 `metrics.csv`（或 TensorBoard 的日志） |
+# | `model.evaluate(x, y)` | `trainer.test(model, datamodule=dm)` |
+# | `model.predict(x)` | `trainer.predict(model, datamodule=dm)` |
+#
+# 代码与英文版共用一份，所以注释和输出是英文的；术语的译法见[术语对照](../../glossary.md)。源文件
 # `softmax_regression.py` 是 jupytext 的 `py:percent` 脚本，也能当作 notebook 打开（`make notebook`，见
-# README）；`make docs` 运行它并生成本页。
-#
-# 设置 `MNIST_LIT_TUTORIAL_EPOCHS=1` 会在第 1 轮结束时停止训练（2000 步中的 938 步；测试就是这样做的）；
-# 不设置时按原教程完整训练。
+# README）；`make docs` 运行它并生成本页。设置 `MNIST_LIT_TUTORIAL_EPOCHS=1` 会在第 1 轮结束时停止训练（2000
+# 步中的 938 步；测试就是这样做的）；不设置时按原教程完整训练。
 
 # %%
 import inspect
@@ -70,8 +84,11 @@ report.chinese_fonts()  # a CJK font as fallback, for figures with Chinese text 
 L.seed_everything(0)  # the CLI's default seed, so this run shuffles as `fit --config softmax_regression` does
 
 
-def show(path):  # a figure written to a file, shown in the notebook
-    display(Image(filename=str(path)))
+LANGS = ("en", "zh")  # a figure with words in it is drawn once per language; each page shows its own
+
+
+def show(path, lang=None):  # a figure written to a file, shown in the notebook (`lang`: on that page only)
+    display(Image(filename=str(path)), metadata={"lang": lang} if lang else None)
 
 
 def show_source(*objects):  # mnist_lit's code as it is now: read when the notebook runs, never a copy
@@ -83,20 +100,37 @@ def show_source(*objects):  # mnist_lit's code as it is now: read when the noteb
 # ## 1. Load the data and look at it
 #
 # TF1: `input_data.read_data_sets("MNIST_data/", one_hot=True)`, which gave flat rows of 784 pixels in
-# [0, 1], one-hot labels, and `mnist.train.next_batch(64)`. `MNISTDataModule` finds the MNIST files the
-# repo ships in `data/MNIST/raw` and serves shuffled batches of uint8 images, N x 1 x 28 x 28 (channels
-# first, PyTorch's layout), divided by 255 once on the device. Labels stay class indices; the loss
-# takes those, not one-hot rows. TF1 kept 5,000 training images aside for validation; training here
-# sees all 60,000, as `configs/softmax_regression.yaml` does.
+# [0, 1] and one-hot labels, and `mnist.train.next_batch(64)`. Here a DataModule owns the data; the
+# Trainer calls its methods itself during `fit`, and they are called by hand below only to look at a
+# batch first:
+#
+# - `MNISTDataModule(batch_size=64)` records the settings and reads nothing yet;
+# - `dm.prepare_data()` makes sure the files are on disk (the repo ships them in `data/MNIST/raw`; it
+#   decompresses them there once), the one call Lightning makes once per machine;
+# - `dm.setup("fit")` reads the training images into memory, in every process;
+# - `dm.train_dataloader()` serves them in shuffled batches, as `next_batch` did.
+#
+# Batches hold uint8 images, N x 1 x 28 x 28 (channels first, PyTorch's layout), divided by 255 once on
+# the device. Labels stay class indices; the loss takes those, not one-hot rows. TF1 kept 5,000
+# training images aside for validation; training here sees all 60,000, as
+# `configs/softmax_regression.yaml` does.
 
 # %% [markdown] lang="zh"
 # ## 1. 读入数据，看一看
 #
-# TF1：`input_data.read_data_sets("MNIST_data/", one_hot=True)`，得到每行 784 个像素、取值在 [0, 1] 的
-# 数组和独热编码的标签，再用 `mnist.train.next_batch(64)` 取批量。`MNISTDataModule` 读取仓库自带的
-# `data/MNIST/raw` 中的 MNIST 文件，给出打乱顺序的 uint8 图片批量，形状 N x 1 x 28 x 28（通道在前，PyTorch
-# 的格式），送到设备上之后再除以 255。标签仍是类别编号，损失函数直接接受它，不需要独热编码。TF1 从训练
-# 图片中留出 5,000 张做验证；这里和 `configs/softmax_regression.yaml` 一样，60,000 张全部用来训练。
+# TF1 用 `input_data.read_data_sets("MNIST_data/", one_hot=True)` 得到每行 784 个像素、取值在 [0, 1] 的
+# 数组和独热编码的标签，再用 `mnist.train.next_batch(64)` 取小批量。这里数据归数据模块管，`fit` 时训练器会
+# 自己调用它的方法；下面手工调用，只是为了先看一个批量：
+#
+# - `MNISTDataModule(batch_size=64)` 只记下设置，还不读文件；
+# - `dm.prepare_data()` 保证数据文件在磁盘上（仓库自带 `data/MNIST/raw`，它在原地解压一次），Lightning 在
+#   每台机器上只调用它一次；
+# - `dm.setup("fit")` 把训练图片读进内存，每个进程都会调用；
+# - `dm.train_dataloader()` 按打乱的顺序给出小批量，和 `next_batch` 一样。
+#
+# 批量里是 uint8 图片，形状 N x 1 x 28 x 28（通道在前，PyTorch 的格式），送到设备上之后再除以 255。标签仍是
+# 类别编号，损失函数直接接受，不需要独热编码。TF1 从训练图片中留出 5,000 张做验证集；这里和
+# `configs/softmax_regression.yaml` 一样，60,000 张全部用来训练。
 
 # %%
 dm = MNISTDataModule(batch_size=64)
@@ -115,7 +149,7 @@ show(report.plot_images(images[:16], [str(int(y)) for y in labels[:16]], OUT / "
 #
 # `SoftmaxRegressionNet` is `nn.Flatten`, then one `nn.Linear(784, 10)`; `SoftmaxRegression` is the
 # LightningModule holding it as `model.net` with the tutorial's recipe, and starts it at zero. It
-# returns the logits `x W + b`, without the softmax: see the loss below.
+# returns the logits `x W + b`, the scores before the softmax, without the softmax: see the loss below.
 
 # %% [markdown] lang="zh"
 # ## 2. 模型
@@ -124,8 +158,8 @@ show(report.plot_images(images[:16], [str(int(y)) for y in labels[:16]], OUT / "
 # `y = tf.nn.softmax(tf.matmul(x, W) + b)`。
 #
 # `SoftmaxRegressionNet` 是 `nn.Flatten` 加一个 `nn.Linear(784, 10)`；`SoftmaxRegression` 是
-# LightningModule，把它存为 `model.net`，带上原教程的训练配方，并把权重初始化为零。它输出 logits，即
-# `x W + b`，不做 softmax，原因见下面的损失函数。
+# LightningModule，网络存放在它的 `model.net` 里，原教程的训练配方是它的默认参数，权重初始化为零。它输出
+# logits（未经 softmax 的分数），即 `x W + b`，不做 softmax，原因见下面的损失函数。
 
 # %%
 show_source(SoftmaxRegressionNet, SoftmaxRegression)
@@ -136,26 +170,69 @@ print(report.keras_summary(model.net, model.name))
 # ## 3. The loss and the optimizer
 #
 # TF1: `cross_entropy = -tf.reduce_sum(y_ * tf.log(y))` and
-# `tf.train.GradientDescentOptimizer(0.001).minimize(cross_entropy)`.
+# `tf.train.GradientDescentOptimizer(0.001).minimize(cross_entropy)`. (Keras, later, set these in
+# `compile`, which compiles no code itself: it records the optimizer, the loss and the metrics for `fit` (its
+# `jit_compile` option decides whether `fit` has XLA compile the step, which Keras 3 does by default where it
+# can). mnist_lit compiles nothing: its step runs as the Python below.)
 #
-# `step` computes cross-entropy on the logits, summed over the batch (`loss_reduction="sum"`):
-# the same value as TF1's, but computed as a log-softmax in one step, so it never takes the log of a
-# probability rounded to zero (TF1's formula turns that into NaN). Summing rather than averaging makes
-# each step 64 times larger than a mean would at the same learning rate. Plain SGD computes the same
-# update in TF1 and torch; `configure_optimizers` returns `KerasSGD`, that same update. The five tutorials share
-# these methods ([dense512](dense512.md) walks through them):
+# In Lightning these are methods of the LightningModule, shared by the five tutorials. The training step,
+# line by line:
+#
+# - `x, y = batch`: a batch of 64 from the DataModule, images divided by 255, and their class indices;
+# - `logits = self(x)`: the forward pass, `x W + b`;
+# - `loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction)`: cross-entropy on the
+#   logits, *summed* over the batch (`loss_reduction="sum"`): the same value as TF1's, but computed as a
+#   log-softmax in one step, so it never takes the log of a probability rounded to zero (TF1's formula
+#   turns that into NaN);
+# - `per_sample = loss if self.hparams.loss_reduction == "mean" else loss / len(y)`: the metrics still
+#   record the mean per image, like the other tutorials' losses;
+# - `self.metrics[f"{stage}_acc"].update(logits.detach(), y)`: the epoch's accuracy adds this batch; the
+#   logger records it once per epoch;
+# - `return loss` in `training_step`: no backward, no optimizer call.
+#
+# Lightning's *automatic optimization* does the rest for each batch, as TF1's `minimize` did: the
+# optimizer's `zero_grad()` sets every weight's gradient back to zero (torch in fact sets `.grad` to `None`;
+# else this batch's gradients would
+# add to the last one's), `loss.backward()` computes new ones, and the optimizer's `step()` updates the
+# weights. (In *manual optimization*, `self.automatic_optimization = False`, the step makes those calls
+# itself; mnist_lit does not use it.) What only changes the speed (the thread count, denormal numbers
+# flushed to zero) stays outside the step, in the `SpeedDevices` callback (`mnist_lit/speed.py`).
+#
+# Summing rather than averaging makes each step 64 times larger than a mean would at the same learning
+# rate. Plain SGD computes the same update in TF1 and torch; `configure_optimizers` returns `KerasSGD`,
+# that same update. [dense512](dense512.md) walks through these methods at more length.
 
 # %% [markdown] lang="zh"
 # ## 3. 损失函数和优化器
 #
 # TF1：`cross_entropy = -tf.reduce_sum(y_ * tf.log(y))` 和
-# `tf.train.GradientDescentOptimizer(0.001).minimize(cross_entropy)`。
+# `tf.train.GradientDescentOptimizer(0.001).minimize(cross_entropy)`。（后来的 Keras 把这些写在 `compile`
+# 里。Keras 的 `compile` 本身并不编译代码，它只是记下 `fit` 要用的优化器、损失和指标（它的 `jit_compile` 选项决定 `fit` 是否让 XLA 编译训练步，Keras 3
+# 在可行时默认这样做）。mnist_lit 不编译任何东西，
+# 训练步就按下面的 Python 代码执行。）
 #
-# `step` 对 logits 计算交叉熵，并在批量内求和（`loss_reduction="sum"`）：数值与 TF1 的相同，但用
-# log-softmax 一步算出，所以不会对一个舍入成零的概率取对数（TF1 的写法遇到这种情况会得到 NaN）。求和而不是
-# 求平均，使得在同样的学习率下，每一步的更新是取平均时的 64 倍。普通 SGD 在 TF1 和 torch 中的更新公式完全
-# 相同；`configure_optimizers` 返回的 `KerasSGD` 就是这个更新。五个教程共用这些方法（[dense512](dense512.md)
-# 一页有逐条说明）：
+# 在 Lightning 里，这些都是 LightningModule 的方法，五个教程共用。训练步逐行来看：
+#
+# - `x, y = batch`：数据模块给的一个 64 张图片的小批量，图片已除以 255，标签是类别编号；
+# - `logits = self(x)`：前向传播，即 `x W + b`；
+# - `loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction)`：对 logits 计算交叉熵，并在
+#   批量内求*和*（`loss_reduction="sum"`）。数值与 TF1 的相同，但用 log-softmax 一步算出，不会对一个舍入成
+#   零的概率取对数（TF1 的写法遇到这种情况会得到 NaN）；
+# - `per_sample = loss if self.hparams.loss_reduction == "mean" else loss / len(y)`：指标记录的仍是每张图片的
+#   平均损失，与其他教程一致；
+# - `self.metrics[f"{stage}_acc"].update(logits.detach(), y)`：把这个批量计入本轮的准确率，日志记录器每轮
+#   记录一次；
+# - `training_step` 里的 `return loss`：不做反向传播，也不调用优化器。
+#
+# 其余的事由 Lightning 的**自动优化**对每个批量完成，相当于 TF1 的 `minimize`：优化器的 `zero_grad()` 把每个
+# 权重的梯度清零（torch 实际上是把 `.grad` 设成 `None`；否则这个批量的梯度会加到上一个批量的梯度上），`loss.backward()` 算出新的梯度，优化器的
+# `step()` 更新权重。（如果用**手动优化**，即 `self.automatic_optimization = False`，这几步要在训练步里自己
+# 调用；mnist_lit 不用。）只影响速度的手段（每轮选择线程数、把非规格化浮点数当作零）不在训练步里，而在
+# `SpeedDevices` 回调（`mnist_lit/speed.py`）中。
+#
+# 求和而不是求平均，使得在同样的学习率下，每一步的更新是取平均时的 64 倍。普通 SGD 在 TF1 和 torch 中的
+# 更新公式完全相同，`configure_optimizers` 返回的 `KerasSGD` 就是这个更新。[dense512](dense512.md) 一页对
+# 这些方法讲得更详细。
 
 # %%
 show_source(Tutorial.step, Tutorial.training_step, Tutorial.configure_optimizers)
@@ -178,9 +255,8 @@ print(model.configure_optimizers())
 # TF1：`for _ in range(2000): batch_xs, batch_ys = mnist.train.next_batch(64);
 # sess.run(train_step, feed_dict={x: batch_xs, y_: batch_ys})`。
 #
-# 训练循环由 Lightning 的 `Trainer` 执行，优化器更新 `max_steps=2000` 步后停止（每轮的输出行显示这一轮
-# 走了多少步；最后一轮不完整）。`CSVLogger` 记录每一轮的指标；mnist_lit 的进度回调 `EpochLine` 每轮打印
-# 一行。
+# 训练循环由训练器执行，优化器更新 `max_steps=2000` 步后停止（每轮的输出行显示这一轮走了多少步，最后一轮
+# 不完整）。`CSVLogger` 记录每一轮的指标；mnist_lit 的进度回调 `EpochLine` 每轮打印一行。
 
 # %%
 logger = CSVLogger(OUT, name="logs")  # OUT/logs/version_0/metrics.csv, one row per epoch
@@ -210,16 +286,19 @@ print(f"Test: loss: {results['test_loss']:.4f} - acc: {results['test_acc']:.4f}"
 
 # %%
 history = report.logged_history(logger.log_dir)  # metrics.csv as Keras' history.history
-report.plot_curves(history, OUT / "curves.png", test=results)
-show(OUT / "curves.png")
+for lang in LANGS:
+    report.plot_curves(history, OUT / f"curves_{lang}.png", test=results, lang=lang)
+    show(OUT / f"curves_{lang}.png", lang)
 
 # %%
 probs = torch.cat(trainer.predict(model, datamodule=dm))  # 10000 x 10
 test_images, test_labels = dm.test_set()
 predicted = probs.argmax(1)
 matrix = confusion_matrix(predicted, test_labels, task="multiclass", num_classes=10)
-report.plot_confusion(matrix.tolist(), list(dm.classes), OUT / "confusion.png", results["test_acc"])
-show(OUT / "confusion.png")
+for lang in LANGS:
+    report.plot_confusion(matrix.tolist(), list(dm.classes), OUT / f"confusion_{lang}.png", results["test_acc"],
+                          lang=lang)
+    show(OUT / f"confusion_{lang}.png", lang)
 
 # %% [markdown] lang="en"
 # ## 6. What it learned
@@ -231,7 +310,7 @@ show(OUT / "confusion.png")
 # %% [markdown] lang="zh"
 # ## 6. 模型学到了什么
 #
-# `W` 中每个类别对应的那一列，都可以看成一个 28 x 28 的模板：一个像素上的权重表示那里有墨迹时，对这个数字
+# `W` 中每个类别对应的那一列，都可以看成一个 28 x 28 的模板。一个像素上的权重，表示那里有墨迹时对这个数字
 # 是加分（蓝色）还是减分（红色）。原教程画过这些图；这里的数据来自 `model.net[1].weight`（torch 把它存成
 # 10 x 784，是 TF1 中 `W` 的转置）。
 
@@ -251,9 +330,12 @@ show(OUT / "weights.png")
 # predicted (true); red marks a mistake.
 
 # %% [markdown] lang="zh"
-# 前 16 张测试图片的预测结果（TF1：`sess.run(y, feed_dict={x: ...})`）。标题的格式是“预测 (true 真实)”，红色表示
-# 预测错了。
+# 下面是前 16 张测试图片的预测结果（TF1：`sess.run(y, feed_dict={x: ...})`）。标题先写预测的数字，括号里是
+# 真实的数字；红色表示预测错了。
 
 # %%
-show(report.plot_images(test_images[:16], [f"{p} (true {t})" for p, t in zip(predicted.tolist(), test_labels.tolist())],
-                        OUT / "predictions.png", wrong=[k for k in range(16) if predicted[k] != test_labels[k]]))
+TRUE = {"en": "{} (true {})", "zh": "{}（实为 {}）"}  # predicted, true
+wrong = [k for k in range(16) if predicted[k] != test_labels[k]]
+for lang in LANGS:
+    titles = [TRUE[lang].format(p, t) for p, t in zip(predicted.tolist(), test_labels.tolist())]
+    show(report.plot_images(test_images[:16], titles, OUT / f"predictions_{lang}.png", wrong=wrong), lang)

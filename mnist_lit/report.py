@@ -57,6 +57,24 @@ def keras_summary(net: nn.Module, name: str, input_shape: tuple[int, ...] = (1, 
 # fonts with Chinese glyphs, in order of preference (Debian: fonts-noto-cjk, fonts-wqy-microhei)
 CJK_FONTS = ("Noto Sans CJK SC", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Source Han Sans SC", "Microsoft YaHei",
              "PingFang SC", "SimHei")
+# the words of the figures below, in each language the tutorial pages are written in (docs/tutorials/, zh/);
+# the Chinese follows docs/glossary.md
+WORDS = {
+    "en": {"training": "training", "validation": "validation", "test": "test after training ({:.4f})",
+           "epoch": "epoch", "loss": "cross-entropy loss", "acc": "accuracy", "Loss": "Loss", "Accuracy": "Accuracy",
+           "predicted": "predicted class", "true": "true class (per-class accuracy)",
+           "confusion": "Confusion matrix on the test set", "confusion_acc": "{}: accuracy {:.2%}",
+           "share": "share of the true class",
+           "mistakes": "Most confident mistakes on the test set (true \u2192 predicted, probability)",
+           "no_mistakes": "No mistakes on the test set"},
+    "zh": {"training": "训练集", "validation": "验证集", "test": "训练后的测试结果（{:.4f}）",
+           "epoch": "轮（epoch）", "loss": "交叉熵损失", "acc": "准确率", "Loss": "损失", "Accuracy": "准确率",
+           "predicted": "预测类别", "true": "真实类别（各类准确率）",
+           "confusion": "测试集上的混淆矩阵", "confusion_acc": "{}，准确率 {:.2%}",
+           "share": "占该真实类别的比例",
+           "mistakes": "测试集上最有把握的错误（真实 \u2192 预测，概率）",
+           "no_mistakes": "测试集上没有错误"},
+}
 
 
 def chinese_fonts() -> str | None:
@@ -104,9 +122,11 @@ def logged_history(log_dir: str | Path) -> list[dict[str, float]]:
     return [{**metrics, "epoch": epoch} for epoch, metrics in sorted(epochs.items())]
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path, test: dict[str, float] | None = None):
+def plot_curves(history: list[dict[str, Any]], path: Path, test: dict[str, float] | None = None,
+                lang: str = "en"):
     """Loss and accuracy per epoch, training against validation, in one figure; the final test
-    loss and accuracy (`test`: test_loss, test_acc) as dashed reference lines."""
+    loss and accuracy (`test`: test_loss, test_acc) as dashed reference lines. `lang`: a key of WORDS."""
+    words = WORDS[lang]
     plt = _pyplot()
     epochs = [e["epoch"] for e in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -116,13 +136,13 @@ def plot_curves(history: list[dict[str, Any]], path: Path, test: dict[str, float
             if any(key in e for e in history):
                 xs = [e["epoch"] for e in history if key in e]
                 ax.plot(xs, [e[key] for e in history if key in e], style,
-                        label="training" if stage == "train" else "validation")
+                        label=words["training" if stage == "train" else "validation"])
         if test and f"test_{metric}" in test:
             value = test[f"test_{metric}"]
-            ax.axhline(value, color="gray", linestyle=":", label=f"test after training ({value:.4f})")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("cross-entropy loss" if metric == "loss" else "accuracy")
-        ax.set_title("Loss" if metric == "loss" else "Accuracy")
+            ax.axhline(value, color="gray", linestyle=":", label=words["test"].format(value))
+        ax.set_xlabel(words["epoch"])
+        ax.set_ylabel(words[metric])
+        ax.set_title(words["Loss" if metric == "loss" else "Accuracy"])
         ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: math.ceil(len(epochs) / 20)])
         ax.grid(alpha=0.3)
         ax.legend()
@@ -130,8 +150,11 @@ def plot_curves(history: list[dict[str, Any]], path: Path, test: dict[str, float
     return fig
 
 
-def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, accuracy: float | None = None):
-    """Counts of true class (rows) against predicted class (columns), per-class recall on the left."""
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, accuracy: float | None = None,
+                   lang: str = "en"):
+    """Counts of true class (rows) against predicted class (columns), per-class recall on the left.
+    `lang`: a key of WORDS."""
+    words = WORDS[lang]
     plt = _pyplot()
     cm = torch.tensor(matrix, dtype=torch.float64)
     recall = per_class_accuracy(cm)
@@ -147,17 +170,19 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, accu
                         color="white" if share > 0.5 else "black")
     ax.set_xticks(range(n), classes, rotation=45 if max(map(len, classes)) > 2 else 0, ha="right")
     ax.set_yticks(range(n), [f"{c} ({r:.1%})" for c, r in zip(classes, recall)])
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class (per-class accuracy)")
-    title = "Confusion matrix on the test set"
-    ax.set_title(f"{title}: accuracy {accuracy:.2%}" if accuracy is not None else title)
-    fig.colorbar(image, ax=ax, label="share of the true class")
+    ax.set_xlabel(words["predicted"])
+    ax.set_ylabel(words["true"])
+    title = words["confusion"]
+    ax.set_title(words["confusion_acc"].format(title, accuracy) if accuracy is not None else title)
+    fig.colorbar(image, ax=ax, label=words["share"])
     _save(fig, path)
     return fig
 
 
-def plot_misclassified(images: torch.Tensor, true: list[str], predicted: list[str], probs: list[float], path: Path):
-    """A grid of test images the model got wrong, most confident first: `true -> predicted (p)`."""
+def plot_misclassified(images: torch.Tensor, true: list[str], predicted: list[str], probs: list[float], path: Path,
+                       lang: str = "en"):
+    """A grid of test images the model got wrong, most confident first: `true -> predicted (p)`.
+    `lang`: a key of WORDS."""
     plt = _pyplot()
     n = len(images)
     cols = min(6, max(n, 1))
@@ -168,8 +193,7 @@ def plot_misclassified(images: torch.Tensor, true: list[str], predicted: list[st
         if k < n:
             ax.imshow(images[k].squeeze(0).numpy(), cmap="gray", vmin=0, vmax=255)
             ax.set_title(f"{true[k]} \u2192 {predicted[k]}\n({probs[k]:.1%})", fontsize=9)
-    fig.suptitle("Most confident mistakes on the test set (true \u2192 predicted, probability)" if n
-                 else "No mistakes on the test set")
+    fig.suptitle(WORDS[lang]["mistakes" if n else "no_mistakes"])
     _save(fig, path)
     return fig
 

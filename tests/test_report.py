@@ -131,3 +131,15 @@ def test_an_image_grid_is_written_as_a_png_with_its_titles(tmp_path: Path):
     assert path == tmp_path / "grid.png"
     with Image.open(path) as png:  # 3 columns, 2 rows of 1.3 x 1.5 inches at 80 dpi
         assert png.format == "PNG" and png.size == (round(3 * 1.3 * 80), round(2 * 1.5 * 80))
+
+
+def test_figures_drawn_for_a_chinese_page_have_chinese_words(tmp_path: Path):
+    # the zh tutorial pages draw their figures with lang="zh": titles, axes and legends in the glossary's words
+    matrix = torch.eye(10, dtype=torch.long).mul(90).add(1).tolist()
+    ax = report.plot_confusion(matrix, [str(i) for i in range(10)], tmp_path / "cm.png", accuracy=0.9, lang="zh").axes[0]
+    assert ax.get_title() == "测试集上的混淆矩阵，准确率 90.00%" and ax.get_xlabel() == "预测类别"
+    loss_ax, acc_ax = report.plot_curves([{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5}], tmp_path / "c.png",
+                                         lang="zh").axes
+    assert (loss_ax.get_title(), acc_ax.get_ylabel(), loss_ax.get_xlabel()) == ("损失", "准确率", "轮（epoch）")
+    assert [line.get_label() for line in loss_ax.lines] == ["训练集"]
+    assert (tmp_path / "cm.png").stat().st_size > 0 and (tmp_path / "c.png").stat().st_size > 0

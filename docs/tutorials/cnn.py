@@ -28,7 +28,7 @@
 #
 # [English](../cnn.md) · [术语对照](../../glossary.md)
 #
-# 这是 Keras 的 CNN 教程。网络由三组“3 x 3 卷积 + ReLU + 2 x 2 最大池化”组成（卷积核个数依次为 32、64、
+# 这是 Keras 的 CNN 教程。网络由三组“3 x 3 卷积 + ReLU + 2 x 2 最大汇聚层（max pooling）”组成（卷积核个数依次为 32、64、
 # 64），后面接 64、500、10 个单元的全连接层（Dense 层）；优化器用 RMSprop，批量大小 128，训练 10 轮（epoch，
 # 即把整个训练集过一遍）。原教程的测试准确率是 98.68%，本页这次运行的结果见第 5 步 `Test:` 那一行。
 #
@@ -102,8 +102,8 @@ def show_source(*objects):  # mnist_lit's code as it is now: read when the noteb
 #
 # - `MNISTDataModule(batch_size=128)` records the settings and reads nothing yet;
 # - `dm.prepare_data()` makes sure the files are on disk (the repo ships them in `data/MNIST/raw`; it
-#   decompresses them there once), the one call Lightning makes once per machine;
-# - `dm.setup("fit")` reads the training images into memory, in every process;
+#   decompresses them there once), which Lightning calls once per machine;
+# - `dm.setup("fit")` reads every split into memory once (later calls return at once), in every process;
 # - `dm.train_dataloader()` serves them in batches, shuffled again each epoch.
 #
 # The batches already have a channel axis: N x 1 x 28 x 28, channels first, as PyTorch's `Conv2d` takes
@@ -119,7 +119,7 @@ def show_source(*objects):  # mnist_lit's code as it is now: read when the noteb
 # - `MNISTDataModule(batch_size=128)` 只记下设置，还不读文件；
 # - `dm.prepare_data()` 保证数据文件在磁盘上（仓库自带 `data/MNIST/raw`，它在原地解压一次），Lightning 在
 #   每台机器上只调用它一次；
-# - `dm.setup("fit")` 把训练图片读进内存，每个进程都会调用；
+# - `dm.setup("fit")` 把所有数据一次读进内存（之后再调用会立即返回），每个进程都会调用；
 # - `dm.train_dataloader()` 按批量给出这些图片，每轮重新打乱。
 #
 # 批量已经带有通道维，形状是 N x 1 x 28 x 28，通道在前，正是 PyTorch 的 `Conv2d` 要求的格式（Keras 把通道

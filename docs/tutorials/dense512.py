@@ -105,8 +105,9 @@ def show_source(*objects):  # mnist_lit's code as it is now: read when the noteb
 # - `dm.prepare_data()` makes sure the files are on disk: the four MNIST files ship with the repo in
 #   `data/MNIST/raw`, and it decompresses them there once (with no files it would download them).
 #   Lightning calls it once per machine, so whatever writes to disk belongs here.
-# - `dm.setup("fit")` reads the files into memory for the stage named, "fit": the 60,000 training images
-#   (and the validation images, when a recipe has some). Lightning calls it in every process.
+# - `dm.setup("fit")` reads every split into memory once: the 60,000 training and 10,000 test images (and
+#   the validation images, when a recipe has some); later calls, for any stage, return at once. Lightning
+#   calls it in every process, before it asks for that stage's batches.
 # - `dm.train_dataloader()` gives the training batches, shuffled again each epoch. The Trainer also asks
 #   for `val_dataloader()`, `test_dataloader()` and `predict_dataloader()` in `fit`, `test` and `predict`.
 #
@@ -123,8 +124,8 @@ def show_source(*objects):  # mnist_lit's code as it is now: read when the noteb
 # - `MNISTDataModule(batch_size=128)` 只记下各项设置，还不读任何文件。
 # - `dm.prepare_data()` 保证数据文件在磁盘上。MNIST 的四个文件随仓库放在 `data/MNIST/raw`，它在原地解压
 #   一次（没有文件时会去下载）。Lightning 在每台机器上只调用它一次，所以写磁盘的事都放在这里。
-# - `dm.setup("fit")` 为指定的阶段把数据读进内存。"fit" 阶段要的是 6 万张训练图片（配方里有验证集时，
-#   还有验证集）。Lightning 在每个进程里都会调用它。
+# - `dm.setup("fit")` 把所有数据一次读进内存：6 万张训练图片和 1 万张测试图片（配方里有验证集时还有验证集）。
+#   之后不论为哪个阶段再调用，都会立即返回。Lightning 在每个进程里、取某个阶段的批量之前调用它。
 # - `dm.train_dataloader()` 给出训练用的批量，每轮重新打乱一次。`fit`、`test`、`predict` 时，训练器还会
 #   分别调用 `val_dataloader()`、`test_dataloader()` 和 `predict_dataloader()`。
 #

@@ -106,8 +106,8 @@ def show_source(*objects):  # mnist_lit's code as it is now: read when the noteb
 # - `MNISTDataModule(dataset="fashion_mnist", batch_size=32)` records the settings and names the classes
 #   (`dm.classes`); it reads nothing yet;
 # - `dm.prepare_data()` makes sure the four files are on disk (the repo ships them in
-#   `data/FashionMNIST/raw`; it decompresses them there once), the one call Lightning makes once per machine;
-# - `dm.setup("fit")` reads the training images into memory, in every process;
+#   `data/FashionMNIST/raw`; it decompresses them there once), which Lightning calls once per machine;
+# - `dm.setup("fit")` reads every split into memory once (later calls return at once), in every process;
 # - `dm.train_dataloader()` serves them in batches, shuffled again each epoch; `dm.test_set()` (mnist_lit's
 #   own) hands back the 10,000 test images and labels as tensors, for the figures.
 #
@@ -124,7 +124,7 @@ def show_source(*objects):  # mnist_lit's code as it is now: read when the noteb
 #   还不读文件；
 # - `dm.prepare_data()` 保证四个数据文件在磁盘上（仓库自带 `data/FashionMNIST/raw`，它在原地解压一次），
 #   Lightning 在每台机器上只调用它一次；
-# - `dm.setup("fit")` 把训练图片读进内存，每个进程都会调用；
+# - `dm.setup("fit")` 把所有数据一次读进内存（之后再调用会立即返回），每个进程都会调用；
 # - `dm.train_dataloader()` 按批量给出训练图片，每轮重新打乱；`dm.test_set()` 是 mnist_lit 自己的方法，以张量
 #   形式返回 10,000 张测试图片和标签，供画图用。
 #

@@ -106,8 +106,8 @@ def show_source(*objects):  # mnist_lit's code as it is now: read when the noteb
 #
 # - `MNISTDataModule(batch_size=64)` records the settings and reads nothing yet;
 # - `dm.prepare_data()` makes sure the files are on disk (the repo ships them in `data/MNIST/raw`; it
-#   decompresses them there once), the one call Lightning makes once per machine;
-# - `dm.setup("fit")` reads the training images into memory, in every process;
+#   decompresses them there once), which Lightning calls once per machine;
+# - `dm.setup("fit")` reads every split into memory once (later calls return at once), in every process;
 # - `dm.train_dataloader()` serves them in shuffled batches, as `next_batch` did.
 #
 # Batches hold uint8 images, N x 1 x 28 x 28 (channels first, PyTorch's layout), divided by 255 once on
@@ -125,7 +125,7 @@ def show_source(*objects):  # mnist_lit's code as it is now: read when the noteb
 # - `MNISTDataModule(batch_size=64)` 只记下设置，还不读文件；
 # - `dm.prepare_data()` 保证数据文件在磁盘上（仓库自带 `data/MNIST/raw`，它在原地解压一次），Lightning 在
 #   每台机器上只调用它一次；
-# - `dm.setup("fit")` 把训练图片读进内存，每个进程都会调用；
+# - `dm.setup("fit")` 把所有数据一次读进内存（之后再调用会立即返回），每个进程都会调用；
 # - `dm.train_dataloader()` 按打乱的顺序给出小批量，和 `next_batch` 一样。
 #
 # 批量里是 uint8 图片，形状 N x 1 x 28 x 28（通道在前，PyTorch 的格式），送到设备上之后再除以 255。标签仍是

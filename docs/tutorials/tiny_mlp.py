@@ -113,9 +113,9 @@ def show_source(*objects):  # mnist_lit's code as it is now: read when the noteb
 #   makes the 10,000 test images the validation data, as the tutorial's
 #   `validation_data=(x_test, y_test)` does;
 # - `dm.prepare_data()` makes sure the files are on disk (the repo ships them in `data/MNIST/raw`; it
-#   decompresses them there once), the one call Lightning makes once per machine;
-# - `dm.setup("fit")` reads what fitting needs into memory, in every process: the training images and,
-#   here, the validation images;
+#   decompresses them there once), which Lightning calls once per machine;
+# - `dm.setup("fit")` reads every split into memory once, in every process: the training images and the
+#   test images, here also the validation set (later calls return at once);
 # - `dm.train_dataloader()` serves the training images in batches, shuffled again each epoch; the Trainer
 #   asks `dm.val_dataloader()` for the validation batches after each epoch.
 #
@@ -132,7 +132,7 @@ def show_source(*objects):  # mnist_lit's code as it is now: read when the noteb
 #   用作验证集，相当于原教程的 `validation_data=(x_test, y_test)`；
 # - `dm.prepare_data()` 保证数据文件在磁盘上（仓库自带 `data/MNIST/raw`，它在原地解压一次），Lightning 在
 #   每台机器上只调用它一次；
-# - `dm.setup("fit")` 把训练要用的数据读进内存，即训练图片，这里还有验证集的图片，每个进程都会调用；
+# - `dm.setup("fit")` 把所有数据一次读进内存，包括训练图片和这里用作验证集的测试图片（之后再调用会立即返回），每个进程都会调用；
 # - `dm.train_dataloader()` 按批量给出训练图片，每轮重新打乱；每轮结束后，训练器再从 `dm.val_dataloader()`
 #   取验证用的批量。
 #

@@ -93,7 +93,8 @@ def main() -> None:
         raise SystemExit(f"busy: no Keras on JAX for {args.keras_python}: pip install -e '.[keras-bench]' "
                          "(or give --keras-python)")
     print(f"{cpu_name()}; training seconds (a pair: the slower copy); OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')} in this shell, PASSIVE inside `python -m mnist_lit`", flush=True)
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')} in this shell (`python -m mnist_lit` sets GOMP_SPINCOUNT "
+          "when it is unset)", flush=True)
     header = f"{'tutorial':<19} {'epochs':>6} {'condition':<9} {'mnist_lit s':>11} {'Keras-JAX s':>11} {'ours/Keras':>10}"
     print(header + f" {'ours x alone':>12} {'Keras x alone':>13}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

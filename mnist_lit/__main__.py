@@ -8,10 +8,13 @@ import importlib
 import os
 import sys
 
-# OpenMP's waiting threads otherwise spin, taking a core from whatever else runs (a browser, a notebook,
-# a second fit); read once, when torch starts, so it is set here, before anything imports torch
-# (docs/benchmarks.md#threads-on-a-busy-machine). A user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How long torch's idle OpenMP threads spin before they sleep. libgomp's default, about 300,000 turns, takes
+# a core from whatever else runs (a browser, a notebook, a second fit); sleeping at once (PASSIVE) wakes them
+# for every kernel, a fifth of a two-thread dense512 or cnn epoch on a quiet machine. 2,000 turns keep them
+# awake between the kernels of a step and asleep between steps (docs/benchmarks.md#waiting-threads). Read
+# once, when torch starts, so set here, before anything imports torch; a user's own setting wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
 from mnist_lit import memory  # noqa: E402
 from mnist_lit.errors import UserError

@@ -15,8 +15,9 @@ which follow the thread count. A user's own choice wins: with OMP_NUM_THREADS se
 called before the fit, or deterministic algorithms asked for (`--trainer.deterministic true`), nothing is
 changed. The count is put back when the fit ends.
 
-Waiting threads spin unless OMP_WAIT_POLICY=PASSIVE, which only works when set before torch starts:
-`python -m mnist_lit` sets it (mnist_lit/__main__.py); in a notebook, set it in the first cell.
+How long waiting threads spin before they sleep is OpenMP's setting, read only when torch starts:
+`python -m mnist_lit` sets a short spin (GOMP_SPINCOUNT, mnist_lit/__main__.py); the tutorial notebooks set
+OMP_WAIT_POLICY=PASSIVE in their first cell.
 """
 
 from __future__ import annotations

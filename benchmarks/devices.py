@@ -1,7 +1,7 @@
 """What each speed device buys (mnist_lit/speed.py, and the short spin of waiting threads in __main__.py): the same fit with the
 device on (mnist_lit's default) and off, one table.
 
-    python -m benchmarks.devices [--only NAME ...] [--repeat 1]
+    python -m benchmarks.devices [--only NAME ...]
 
 Each row is two `python -m mnist_lit fit` runs in processes of their own, one after the other, on an
 otherwise idle machine; training seconds as vs_keras counts them (the epochs from metrics.json, a compile

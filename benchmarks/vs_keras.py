@@ -131,6 +131,7 @@ def bare_child(name: str, limit: str = "0") -> None:
     steps = steps if steps > 0 else epochs * (len(y_all) // bs)
     steps = min(steps, int(limit)) if int(limit) > 0 else steps
     net, opt = model.net, model.configure_optimizers()
+    torch.set_flush_denormal(True)  # as a fit on the CPU runs (SpeedDevices): Intel CPUs slow down on denormals
     torch.manual_seed(0)
     start = time.perf_counter()
     first = 0.0

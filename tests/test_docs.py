@@ -36,8 +36,17 @@ def test_the_record_is_one_run():
     cnn = FIGURES["make_train_output"]["lines"]
     assert cnn[-1] == f"Test: loss: {FIGURES['tutorials']['test_loss']['cnn']:.4f} - acc: {ACCURACY['cnn']:.4f}"
     assert FIGURES["make_train_output"]["classify"].startswith("docs/tutorials/digit.png: ")
-    for record in (FIGURES["tutorials"], FIGURES["make_train_output"], FIGURES["first_screen"]):
+    for record in (FIGURES["tutorials"], FIGURES["make_train_output"], FIGURES["first_screen"], FIGURES["speed"]):
         assert record["date"] and record["machine"] and record["command"]
+
+
+@pytest.mark.parametrize("doc", READMES)
+def test_the_speed_table_quotes_the_recorded_busy_run(doc: str):
+    """The Speed section's rows (`| dense512 | 5 | 7.41 / 4.15 (1.79) | ... | ×1.00 / ×1.03 |`): every cell of
+    seconds and ratios is the recorded run's, for all five tutorials."""
+    rows = {m[0]: [c.strip() for c in m[1].split("|")]
+            for m in re.findall(r"^\| (\w+) \| [^|]+ \| ([\d.]+ / [\d.]+ \(.*×.*) \|$", text(doc), re.M)}
+    assert rows == FIGURES["speed"]["rows"]
 
 
 @pytest.mark.parametrize("doc", READMES)

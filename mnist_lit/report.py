@@ -95,6 +95,13 @@ def chinese_fonts() -> str | None:
     return cjk
 
 
+def figure_words(lang: str) -> dict[str, str]:
+    """The figures' words in `lang`; for Chinese, with a CJK font to draw them (else they come out as boxes)."""
+    if lang != "en":
+        chinese_fonts()
+    return WORDS[lang]
+
+
 def per_class_accuracy(matrix: torch.Tensor | list[list[int]]) -> list[float]:
     """Each true class's share of right answers (recall), from a confusion matrix whose rows are true classes."""
     cm = torch.as_tensor(matrix, dtype=torch.float64)
@@ -126,7 +133,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, test: dict[str, float
                 lang: str = "en"):
     """Loss and accuracy per epoch, training against validation, in one figure; the final test
     loss and accuracy (`test`: test_loss, test_acc) as dashed reference lines. `lang`: a key of WORDS."""
-    words = WORDS[lang]
+    words = figure_words(lang)
     plt = _pyplot()
     epochs = [e["epoch"] for e in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -154,7 +161,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, accu
                    lang: str = "en"):
     """Counts of true class (rows) against predicted class (columns), per-class recall on the left.
     `lang`: a key of WORDS."""
-    words = WORDS[lang]
+    words = figure_words(lang)
     plt = _pyplot()
     cm = torch.tensor(matrix, dtype=torch.float64)
     recall = per_class_accuracy(cm)
@@ -193,7 +200,7 @@ def plot_misclassified(images: torch.Tensor, true: list[str], predicted: list[st
         if k < n:
             ax.imshow(images[k].squeeze(0).numpy(), cmap="gray", vmin=0, vmax=255)
             ax.set_title(f"{true[k]} \u2192 {predicted[k]}\n({probs[k]:.1%})", fontsize=9)
-    fig.suptitle(WORDS[lang]["mistakes" if n else "no_mistakes"])
+    fig.suptitle(figure_words(lang)["mistakes" if n else "no_mistakes"])
     _save(fig, path)
     return fig
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from matplotlib import font_manager
 
 from mnist_lit import report
 from mnist_lit.data import DATASETS
@@ -143,3 +145,15 @@ def test_figures_drawn_for_a_chinese_page_have_chinese_words(tmp_path: Path):
     assert (loss_ax.get_title(), acc_ax.get_ylabel(), loss_ax.get_xlabel()) == ("损失", "准确率", "轮（epoch）")
     assert [line.get_label() for line in loss_ax.lines] == ["训练集"]
     assert (tmp_path / "cm.png").stat().st_size > 0 and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_chinese_words_are_drawn_in_a_font_that_has_them(tmp_path: Path):
+    # lang="zh" finds the CJK font itself (.ci/run installs fonts-noto-cjk), even where matplotlib's font
+    # cache was built before the font was installed: without it every Chinese character is an empty box
+    if not any(Path(f).name.startswith(("NotoSansCJK", "wqy")) for f in font_manager.findSystemFonts()):
+        pytest.skip("no CJK font installed (Debian: fonts-noto-cjk)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report.plot_curves([{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5}], tmp_path / "c.png", lang="zh")
+    missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    assert not missing, missing[0]

@@ -219,6 +219,8 @@ def test_help_and_version_answer_before_the_heavy_imports():
 
 @pytest.mark.parametrize("flag, value, named", [("--trainer.max_epochs", "-5", "must be a non-negative integer"),
                                                 ("--trainer.devices", "0", "got 0; it takes a number of devices, 1 or more"),
+                                                # Lightning's TypeError at construction, for the CPU
+                                                ("--trainer.devices", "-1", "should be an int > 0"),
                                                 ("--trainer.limit_train_batches", "-1", "invalid value -1"),
                                                 ("--trainer.strategy", "nope", "invalid strategy name"),
                                                 # accepted by Lightning, then a ZeroDivisionError at the first batch

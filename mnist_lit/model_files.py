@@ -441,7 +441,7 @@ def load_model(path: str | Path) -> tuple[Predict, dict[str, Any]]:
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"{path}: cannot load the model ({e.__class__.__name__}: {str(e).strip()[:160]})") from None
+        raise UserError(f"{path}: cannot load the model ({described(e, 160)})") from None
     if len(meta.get("classes", [])) != 10:
         raise UserError(f"{path}: no mnist_lit metadata (class names) inside; export it with python -m mnist_lit export")
     return _no_grad(model), {**meta, "format": FORMAT_NAMES[suffix]}

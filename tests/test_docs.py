@@ -42,7 +42,7 @@ def test_the_record_is_one_run():
 
 @pytest.mark.parametrize("doc", READMES)
 def test_the_speed_table_quotes_the_recorded_busy_run(doc: str):
-    """The Speed section's rows (`| dense512 | 5 | 7.41 / 4.15 (1.79) | ... | ×1.00 / ×1.03 |`): every cell of
+    """The Speed section's rows (`| dense512 | 5 | 8.46 / 7.37 (1.15) | ... | ×1.06 / ×1.05 |`): every cell of
     seconds and ratios is the recorded run's, for all five tutorials."""
     rows = {m[0]: [c.strip() for c in m[1].split("|")]
             for m in re.findall(r"^\| (\w+) \| [^|]+ \| ([\d.]+ / [\d.]+ \(.*×.*) \|$", text(doc), re.M)}
